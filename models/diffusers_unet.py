@@ -1,0 +1,97 @@
+"""The `diffusers-unet` family: diffusers' `UNet2DConditionModel`, built from its config.
+
+The config dataclass names the `UNet2DConditionModel` arguments that Stable-Diffusion-style UNets
+set, with diffusers' own defaults (a test checks them against diffusers' signature). Any other
+constructor argument goes in `extra`, passed through unchanged, so every diffusers UNet config can
+be expressed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from registry.catalog import builtin_variant
+from registry.families import register_family
+
+DOWN_BLOCKS_SD = ("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D")
+UP_BLOCKS_SD = ("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D")
+
+
+@dataclass(frozen=True)
+class DiffusersUNetConfig:
+    sample_size: int | None = None
+    in_channels: int = 4
+    out_channels: int = 4
+    center_input_sample: bool = False
+    flip_sin_to_cos: bool = True
+    freq_shift: int = 0
+    down_block_types: tuple[str, ...] = DOWN_BLOCKS_SD
+    mid_block_type: str | None = "UNetMidBlock2DCrossAttn"
+    up_block_types: tuple[str, ...] = UP_BLOCKS_SD
+    only_cross_attention: bool = False
+    block_out_channels: tuple[int, ...] = (320, 640, 1280, 1280)
+    layers_per_block: int = 2
+    downsample_padding: int = 1
+    mid_block_scale_factor: float = 1.0
+    act_fn: str = "silu"
+    norm_num_groups: int | None = 32
+    norm_eps: float = 1e-5
+    cross_attention_dim: int = 1280
+    transformer_layers_per_block: int | tuple[int, ...] = 1
+    attention_head_dim: int | tuple[int, ...] = 8
+    num_attention_heads: int | tuple[int, ...] | None = None
+    use_linear_projection: bool = False
+    upcast_attention: bool = False
+    class_embed_type: str | None = None
+    num_class_embeds: int | None = None
+    resnet_time_scale_shift: str = "default"
+    time_embedding_type: str = "positional"
+    conv_in_kernel: int = 3
+    conv_out_kernel: int = 3
+    # Any other UNet2DConditionModel keyword argument, passed as it is.
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if len(self.down_block_types) != len(self.block_out_channels):
+            raise ValueError("down_block_types and block_out_channels must have the same length")
+        if len(self.up_block_types) != len(self.block_out_channels):
+            raise ValueError("up_block_types and block_out_channels must have the same length")
+
+    def diffusers_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments for `UNet2DConditionModel(**kwargs)`."""
+        kwargs = asdict(self)
+        extra = kwargs.pop("extra")
+        return {**kwargs, **extra}
+
+
+@register_family(
+    "diffusers-unet",
+    config=DiffusersUNetConfig,
+    description="diffusers UNet2DConditionModel (Stable Diffusion layout: conv_in, down_blocks, mid_block, up_blocks)",
+)
+def build_diffusers_unet(config: DiffusersUNetConfig):
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(**config.diffusers_kwargs())
+
+
+builtin_variant(
+    "diffusers-unet",
+    "sd15",
+    "Stable Diffusion 1.5 UNet (860M parameters) in diffusers' layout",
+    sample_size=64,
+    cross_attention_dim=768,
+)
+builtin_variant(
+    "diffusers-unet",
+    "tiny",
+    "two-level UNet for tests and the demo; the diffusers twin of ldm-unet/tiny",
+    sample_size=16,
+    block_out_channels=(32, 64),
+    down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+    layers_per_block=1,
+    cross_attention_dim=32,
+    attention_head_dim=8,
+)
