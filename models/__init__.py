@@ -7,3 +7,4 @@ imports each one by name so the list of families is explicit.
 from . import ctvit  # noqa: F401
 from . import diffusers_unet  # noqa: F401
 from . import ldm_unet  # noqa: F401
+from . import converters  # noqa: F401  (after the families it converts between)

@@ -12,7 +12,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from registry.catalog import builtin_variant
-from registry.families import register_family
+from registry.families import extend_family, register_family
+
+from .ldm_training import denoising_batch, noise_loss
 
 DOWN_BLOCKS_SD = ("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D")
 UP_BLOCKS_SD = ("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D")
@@ -34,6 +36,7 @@ class DiffusersUNetConfig:
     layers_per_block: int = 2
     downsample_padding: int = 1
     mid_block_scale_factor: float = 1.0
+    dropout: float = 0.0
     act_fn: str = "silu"
     norm_num_groups: int | None = 32
     norm_eps: float = 1e-5
@@ -74,6 +77,31 @@ def build_diffusers_unet(config: DiffusersUNetConfig):
     from diffusers import UNet2DConditionModel
 
     return UNet2DConditionModel(**config.diffusers_kwargs())
+
+
+# diffusers leaves sample_size unset by default; batches then use Stable Diffusion's latent size.
+DEFAULT_SAMPLE_SIZE = 64
+
+
+def make_batch(config: DiffusersUNetConfig, batch_size: int, generator):
+    """A synthetic denoising batch at `sample_size` (see `ldm_training.denoising_batch`)."""
+    return denoising_batch(
+        in_channels=config.in_channels,
+        out_channels=config.out_channels,
+        size=config.sample_size or DEFAULT_SAMPLE_SIZE,
+        context_dim=config.cross_attention_dim,
+        batch_size=batch_size,
+        generator=generator,
+    )
+
+
+def compute_loss(model, batch):
+    """MSE between the UNet's noise prediction and the noise that was added (a scalar tensor)."""
+    prediction = model(batch["sample"], batch["timesteps"], encoder_hidden_states=batch["context"]).sample
+    return noise_loss(prediction, batch)
+
+
+extend_family("diffusers-unet", make_batch=make_batch, compute_loss=compute_loss)
 
 
 builtin_variant(

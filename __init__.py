@@ -1,0 +1,4 @@
+"""Installed as `registry.command` (see setup.cfg): the repository root is mapped to that package so
+that `cli.py` ships as `registry.command.cli` and claims no top-level `cli` import name. It holds
+nothing else; `tests/test_packaging.py` checks that no other root module is installed.
+"""
