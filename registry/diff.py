@@ -210,8 +210,14 @@ def _rule_text(old: str, new: str, positions: set[str]) -> tuple[str, str]:
     return old, new
 
 
-def diff_schemas(expected: Schema, actual: Schema) -> SchemaDiff:
-    """Grouped differences turning `actual` into `expected` (see the module docstring)."""
+def diff_schemas(
+    expected: Schema, actual: Schema, *, missing_label: str = "missing", unexpected_label: str = "unexpected"
+) -> SchemaDiff:
+    """Grouped differences turning `actual` into `expected` (see the module docstring).
+
+    The labels name the leftover groups: a drift report, which turns the registered schema into
+    the current build, calls them "added" and "no longer built".
+    """
     exp, act = expected.by_name, actual.by_name
     matching = sum(1 for n, e in exp.items() if n in act and act[n].shape == e.shape)
     diff = SchemaDiff(len(expected), len(actual), matching)
@@ -297,11 +303,11 @@ def diff_schemas(expected: Schema, actual: Schema) -> SchemaDiff:
             )
     if missing:
         names = sorted(missing)
-        diff.groups.append(DiffGroup("missing", f"{len(names)} missing: {_pattern_summary(names)}", len(names), tuple(names)))
+        diff.groups.append(DiffGroup("missing", f"{len(names)} {missing_label}: {_pattern_summary(names)}", len(names), tuple(names)))
     if unexpected:
         names = sorted(unexpected)
         diff.groups.append(
-            DiffGroup("unexpected", f"{len(names)} unexpected: {_pattern_summary(names)}", len(names), tuple(names))
+            DiffGroup("unexpected", f"{len(names)} {unexpected_label}: {_pattern_summary(names)}", len(names), tuple(names))
         )
 
     only_renames = all(g.kind == "rename" for g in diff.groups)

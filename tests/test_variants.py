@@ -30,8 +30,10 @@ REQUIRED = {
 }
 
 
-def test_the_families_are_exactly_the_built_in_ones():
-    assert [f.name for f in families()] == ["ctvit", "diffusers-unet", "ldm-unet"]
+def test_the_built_in_families_are_exactly_these():
+    # Tests may register families of their own; the built-in ones come from registry.models.
+    built_in = [f.name for f in families() if f.build.__module__.startswith("registry.models.")]
+    assert built_in == ["ctvit", "diffusers-unet", "ldm-unet"]
 
 
 def test_the_catalog_has_the_variants_users_train():

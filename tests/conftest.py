@@ -1,0 +1,94 @@
+"""Shared fixtures: temporary registry databases on SQLite and on a real PostgreSQL server.
+
+The PostgreSQL server is started once per session with the server's own initdb/pg_ctl into a
+temporary directory (`registry.store.pgserver`). Without PostgreSQL binaries its tests are
+skipped, unless REGISTRY_REQUIRE_POSTGRES=1 (set in CI), which turns the skip into a failure.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from dataclasses import dataclass
+
+import pytest
+
+REQUIRE_POSTGRES = os.environ.get("REGISTRY_REQUIRE_POSTGRES", "") == "1"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_registry_env(monkeypatch, tmp_path):
+    """No test reads REGISTRY_DB from the caller or writes the user's default database."""
+    monkeypatch.delenv("REGISTRY_DB", raising=False)
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg-data"))
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    """A running throwaway PostgreSQL server (`TempPostgres`), stopped at the end of the session."""
+    from registry.store.pgserver import TempPostgres, find_bin_dir
+
+    if find_bin_dir() is None:
+        message = "PostgreSQL server binaries (initdb, pg_ctl) not found"
+        if REQUIRE_POSTGRES:
+            pytest.fail(message + " and REGISTRY_REQUIRE_POSTGRES=1")
+        pytest.skip(message)
+    server = TempPostgres().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def sqlite_url(tmp_path) -> str:
+    """URL of a registry SQLite file that does not exist yet."""
+    return f"sqlite:///{tmp_path / 'registry.db'}"
+
+
+@pytest.fixture
+def pg_url(pg_server) -> str:
+    """URL of a new, empty PostgreSQL database."""
+    return pg_server.create_database(f"t_{uuid.uuid4().hex[:12]}")
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def db_url(request) -> str:
+    """An empty database URL, once per backend."""
+    return request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "pg_url")
+
+
+@pytest.fixture
+def reg(db_url):
+    """An open `Registry` at head on each backend."""
+    from registry.store import open_registry
+
+    registry = open_registry(db_url, upgrade=True)
+    yield registry
+    registry.close()
+
+
+@dataclass(frozen=True)
+class TinyMLPConfig:
+    width: int = 4
+    depth: int = 2
+    norm: str = "layer"
+
+
+TINY_FAMILY = "test-tiny-mlp"
+
+
+@pytest.fixture(scope="session")
+def tiny_family() -> str:
+    """Name of a tiny registered test family (Linear layers and a norm); registered once."""
+    from registry.families import register_family
+
+    @register_family(TINY_FAMILY, config=TinyMLPConfig, description="tiny MLP for store tests")
+    def build_tiny_mlp(config: TinyMLPConfig):
+        from torch import nn
+
+        layers: list = []
+        for _ in range(config.depth):
+            layers.append(nn.Linear(config.width, config.width))
+            layers.append(nn.LayerNorm(config.width) if config.norm == "layer" else nn.RMSNorm(config.width))
+        return nn.Sequential(*layers)
+
+    return TINY_FAMILY
