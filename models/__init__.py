@@ -8,3 +8,5 @@ from . import ctvit  # noqa: F401
 from . import diffusers_unet  # noqa: F401
 from . import ldm_unet  # noqa: F401
 from . import converters  # noqa: F401  (after the families it converts between)
+from . import ctvit_inference  # noqa: F401
+from . import unet_inference  # noqa: F401
