@@ -594,5 +594,49 @@ def convert_command(ctx: click.Context, path: str, to: str, output: str, renames
                    f"{'' if done.exact else ' (lossy)'}, step {done.step if done.step is not None else 'unknown'}")
 
 
+# --- checkpoints (no database) -----------------------------------------------------------------
+
+
+@main.command("fingerprint")
+@click.argument("paths", nargs=-1, required=True, metavar="PATH...")
+@click.option("--entries", is_flag=True, help="List every tensor entry (name, shape, dtype).")
+@click.option("--prefixes", is_flag=True, help="List every module prefix with the fingerprint beneath it.")
+@click.option("--allow-unsafe", is_flag=True,
+              help="Read files whose pickle would run code (nothing is ever run; they are refused by default).")
+@json_option
+@click.pass_context
+def fingerprint_command(ctx: click.Context, paths: tuple[str, ...], entries: bool, prefixes: bool,
+                        allow_unsafe: bool, as_json: bool) -> None:
+    """Fingerprint checkpoints without loading them (no database needed).
+
+    Reads only metadata - the zip directory and pickle record of a torch file, the header of a
+    safetensors file, the index of a sharded or diffusers/accelerate folder - and never runs code
+    from the file. "parameters" counts elements over all entries: a checkpoint cannot tell
+    parameters from buffers. Exit code 3 if any file is unreadable or unsafe (the others are
+    still printed).
+
+    \b
+    Examples:
+      registry fingerprint ckpt.pt
+      registry fingerprint unet/ model.safetensors --json
+      registry fingerprint sd15.ckpt --prefixes
+    """
+    from registry.readers.report import fingerprint_many, render_text
+
+    reports = fingerprint_many(paths, allow_unsafe=allow_unsafe, entries=entries, prefixes=prefixes,
+                               reraise=_debug_enabled())
+    blocks = []
+    for report in reports:
+        if "error" in report:
+            click.echo(f"error: {report['error']}", err=True)
+        elif not as_json:
+            blocks.append("\n".join(render_text(report)))
+    if as_json:
+        emit_json(reports)
+    elif blocks:
+        click.echo("\n\n".join(blocks))
+    ctx.exit(max((report.get("exit_code", EXIT_OK) for report in reports), default=EXIT_OK))
+
+
 if __name__ == "__main__":
     main()

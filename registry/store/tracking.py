@@ -45,11 +45,14 @@ class TrackingMixin:
         step: int | None = None,
         schema_version_id: int | None = None,
         run_id: str | None = None,
+        converted_from: dict[str, Any] | None = None,
     ) -> CheckpointRecord:
         """Insert-or-get the checkpoint at `path` with this size and mtime (its content identity).
 
         Callers pass an absolute path. For an existing row, a missing digest, step, schema
         version or run is filled in (one `checkpoint.update` event); nothing else changes.
+        `converted_from` (source path, fingerprint, method) adds a `checkpoint.convert` event in the
+        same transaction, so a conversion is never recorded half.
         Raises `UsageError` when the digest given differs from the recorded one.
         """
 
@@ -70,6 +73,9 @@ class TrackingMixin:
                 self._event(session, "checkpoint.add", f"checkpoint {path}", self._variant_of(session, row),
                             id=row.id, fingerprint=fingerprint, step=step, run_id=run_id,
                             schema_version_id=schema_version_id, size=size)
+                if converted_from:
+                    self._event(session, "checkpoint.convert", f"checkpoint {path}", self._variant_of(session, row),
+                                id=row.id, **converted_from)
                 return self._checkpoint_record(session, row)
             if content_digest and row.content_digest and row.content_digest != content_digest:
                 raise UsageError(

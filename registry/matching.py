@@ -1,0 +1,329 @@
+"""Which registered build loads a checkpoint, or why none does (DESIGN §5).
+
+Evidence is tried in order and the first conclusive step wins:
+1. registry metadata embedded by our trainer (checked against the file's real fingerprint);
+2. the registry's record of this very file (path, size, mtime);
+3. exact fingerprint match on the whole state dict, then on every sub-model prefix;
+4. converters: a registered conversion whose output is a registered variant;
+5. config inference: a family proposes a config, verified by rebuilding on the meta device;
+6. otherwise: the nearest registered schemas, ranked, each with a grouped diff.
+Several variants with one schema is `ambiguous`, never a silent pick.
+
+Steps 1–3 need no torch, so an exact match stays fast on any checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+from .diff import SchemaDiff, diff_schemas
+from .readers import CheckpointInfo
+from .schema import Schema, short_form
+
+EXACT, AMBIGUOUS, CONVERTIBLE, INFERRED, NONE = "exact", "ambiguous", "convertible", "inferred", "none"
+# Inference and converters look below the top level only this deep (`model.diffusion_model.` is 2).
+INFERENCE_PREFIX_DEPTH = 2
+
+
+@dataclass
+class Candidate:
+    variant: str
+    family: str
+    version: int
+    schema_version_id: int
+    fingerprint: str
+    prefix: str
+    score: float = 1.0
+    diff: SchemaDiff | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out = {
+            "variant": self.variant,
+            "family": self.family,
+            "schema_version": self.version,
+            "schema_version_id": self.schema_version_id,
+            "fingerprint": self.fingerprint,
+            "prefix": self.prefix,
+            "score": round(self.score, 6),
+        }
+        if self.diff is not None:
+            out["diff"] = self.diff.to_json()
+        return out
+
+
+@dataclass
+class MatchResult:
+    status: str
+    fingerprint: str  # of the checkpoint's whole state dict
+    evidence: str | None = None  # embedded | record | fingerprint | converter | inference
+    variant: str | None = None
+    family: str | None = None
+    config: dict[str, Any] | None = None  # the config to build (the target's, after conversion)
+    schema_version: int | None = None
+    schema_version_id: int | None = None
+    prefix: str = ""
+    converter: str | None = None
+    source_config: dict[str, Any] | None = None  # the checkpoint's own config, when converting
+    candidates: list[Candidate] = field(default_factory=list)
+    diff: SchemaDiff | None = None
+    suggestions: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def loadable(self) -> bool:
+        return self.status in (EXACT, CONVERTIBLE, INFERRED)
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.loadable else 1
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "status": self.status,
+            "evidence": self.evidence,
+            "fingerprint": self.fingerprint,
+            "variant": self.variant,
+            "family": self.family,
+            "schema_version": self.schema_version,
+            "schema_version_id": self.schema_version_id,
+            "prefix": self.prefix,
+            "converter": self.converter,
+            "config": self.config,
+            "source_config": self.source_config,
+            "candidates": [c.to_json() for c in self.candidates],
+            "diff": self.diff.to_json() if self.diff else None,
+            "suggestions": self.suggestions,
+            "warnings": self.warnings,
+        }
+
+
+@dataclass(frozen=True)
+class Scope:
+    """Which variants an answer may name: all, one family's, or one variant."""
+
+    family: str | None = None
+    variant: str | None = None
+
+    def allows(self, variant: str, family: str) -> bool:
+        return (self.variant is None or variant == self.variant) and (self.family is None or family == self.family)
+
+
+def _candidate(sv: Any, prefix: str) -> Candidate:
+    return Candidate(sv.variant, sv.family, sv.version, sv.id, sv.fingerprint, prefix)
+
+
+def _exact(reg: Any, result: MatchResult, candidates: list[Candidate], evidence: str) -> MatchResult:
+    """Fill `result` from exact candidates: one variant → exact; several → ambiguous."""
+    variants = {c.variant for c in candidates}
+    result.candidates = candidates
+    if len(variants) > 1:
+        result.status = AMBIGUOUS
+        names = ", ".join(sorted(variants))
+        result.suggestions.append(f"several variants build this schema ({names}): choose one with --variant")
+        return result
+    chosen = max(candidates, key=lambda c: c.version)
+    _select(reg, result, chosen, evidence)
+    latest = reg.latest_schema_version(chosen.variant)
+    if latest is not None and latest.version != chosen.version:
+        result.warnings.append(
+            f"matches schema version {chosen.version} of {chosen.variant}; its latest is version {latest.version}, "
+            "which the current code builds"
+        )
+    return result
+
+
+def _select(reg: Any, result: MatchResult, chosen: Candidate, evidence: str) -> None:
+    variant = reg.get_variant(chosen.variant)
+    result.status = EXACT
+    result.evidence = evidence
+    result.variant = chosen.variant
+    result.family = chosen.family
+    result.config = variant.config if variant else None
+    result.schema_version = chosen.version
+    result.schema_version_id = chosen.schema_version_id
+    result.prefix = chosen.prefix
+
+
+def _lookup(reg: Any, fingerprint: str, prefix: str, scope: Scope) -> list[Candidate]:
+    return [_candidate(sv, prefix) for sv in reg.find_by_fingerprint(fingerprint) if scope.allows(sv.variant, sv.family)]
+
+
+def _from_embedded(reg: Any, info: CheckpointInfo, result: MatchResult, scope: Scope) -> bool:
+    embedded = info.metadata.get("registry")
+    if not isinstance(embedded, dict) or "fingerprint" not in embedded:
+        return False
+    claimed = str(embedded.get("fingerprint"))
+    claimed_prefix = str(embedded.get("prefix") or "")
+    actual = info.schema.fingerprint if not claimed_prefix else info.schema.under(claimed_prefix).fingerprint
+    if claimed != actual:
+        result.warnings.append(
+            f"mislabeled file: its embedded registry metadata says {embedded.get('variant')} "
+            f"({short_form(claimed)}) but its tensors fingerprint as {short_form(actual)}; ignoring the label"
+        )
+        return False
+    named = [c for c in _lookup(reg, actual, claimed_prefix, scope) if c.variant == embedded.get("variant")]
+    if not named:
+        return False
+    _exact(reg, result, named, "embedded")
+    return True
+
+
+def _from_record(reg: Any, info: CheckpointInfo, result: MatchResult, scope: Scope) -> bool:
+    try:
+        stat = os.stat(info.path)
+    except OSError:
+        return False
+    record = reg.find_checkpoint(os.path.abspath(info.path), stat.st_size, stat.st_mtime)
+    if record is None or record.schema_version_id is None:
+        return False
+    sv = reg.get_schema_version(record.schema_version_id)
+    prefix = record.prefix or ""
+    actual = info.schema.under(prefix).fingerprint if prefix else info.schema.fingerprint
+    if sv.fingerprint != actual or not scope.allows(sv.variant, sv.family):
+        return False
+    _exact(reg, result, [_candidate(sv, prefix)], "record")
+    return True
+
+
+def _prefixes(info: CheckpointInfo, max_depth: int | None = None) -> Iterable[tuple[str, Schema]]:
+    """("", whole schema) first, then each sub-model prefix (shortest first)."""
+    yield "", info.schema
+    for sub in sorted(info.submodels(), key=lambda s: (s.prefix.count("."), s.prefix)):
+        if max_depth is None or sub.prefix.count(".") <= max_depth:
+            yield sub.prefix, info.schema.under(sub.prefix)
+
+
+def _from_fingerprint(reg: Any, info: CheckpointInfo, result: MatchResult, scope: Scope) -> bool:
+    found = _lookup(reg, info.schema.fingerprint, "", scope)
+    if not found:
+        for sub in sorted(info.submodels(), key=lambda s: (s.prefix.count("."), s.prefix)):
+            found.extend(_lookup(reg, sub.fingerprint, sub.prefix, scope))
+    if not found:
+        return False
+    _exact(reg, result, found, "fingerprint")
+    return True
+
+
+def _source_configs(reg: Any, family_name: str, schema: Schema) -> list[Any]:
+    """Configs of `family_name` that build `schema` exactly: registered variants first, then inference."""
+    from .families import get_family, make_config
+
+    family = get_family(family_name)
+    configs = [
+        make_config(family, reg.get_variant(sv.variant).config)
+        for sv in reg.find_by_fingerprint(schema.fingerprint)
+        if sv.family == family_name
+    ]
+    return configs or _inferred_configs(family, schema)
+
+
+def _inferred_configs(family: Any, schema: Schema) -> list[Any]:
+    from .families import build_schema
+
+    if family.infer_configs is None:
+        return []
+    return [c for c in family.infer_configs(schema) if build_schema(family, c).fingerprint == schema.fingerprint]
+
+
+def _from_converters(reg: Any, info: CheckpointInfo, result: MatchResult, scope: Scope) -> bool:
+    from .converters import converters
+    from .families import build_schema, config_dict, get_family
+
+    for converter in converters():
+        if scope.family not in (None, converter.target_family):
+            continue
+        target_family = get_family(converter.target_family)
+        for prefix, schema in _prefixes(info, INFERENCE_PREFIX_DEPTH):
+            for source_config in _source_configs(reg, converter.source_family, schema):
+                target = build_schema(target_family, converter.target_config(source_config))
+                found = _lookup(reg, target.fingerprint, prefix, scope)
+                if found:
+                    _exact(reg, result, found, "converter")
+                    if result.status == EXACT:
+                        result.status = CONVERTIBLE
+                        result.converter = converter.name
+                        result.source_config = config_dict(source_config)
+                    return True
+    return False
+
+
+def _from_inference(info: CheckpointInfo, result: MatchResult, scope: Scope, path: str) -> bool:
+    from .families import config_dict, families
+
+    for family in families():
+        if scope.family not in (None, family.name) or scope.variant is not None:
+            continue
+        for prefix, schema in _prefixes(info, INFERENCE_PREFIX_DEPTH):
+            configs = _inferred_configs(family, schema)
+            if configs:
+                config = config_dict(configs[0])
+                result.status, result.evidence = INFERRED, "inference"
+                result.family, result.config, result.prefix = family.name, config, prefix
+                defaults = config_dict(family.default_config())
+                sets = " ".join(f"--set {k}={_cli_value(v)}" for k, v in config.items() if defaults.get(k) != v)
+                result.suggestions.append(
+                    f"registry variants add {family.name}/NAME --family {family.name} {sets}".rstrip()
+                    + "   # register it, then match again"
+                )
+                return True
+    return False
+
+
+def _cli_value(value: Any) -> str:
+    import json
+
+    text = json.dumps(value, separators=(",", ":"))
+    return text if text.replace("_", "").replace("-", "").replace(".", "").isalnum() else f"'{text}'"
+
+
+def _nearest(reg: Any, info: CheckpointInfo, result: MatchResult, scope: Scope, path: str, limit: int) -> None:
+    ranked: list[Candidate] = []
+    for sv, _ in reg.nearest_candidates(info.schema, limit=limit * 3):
+        if not scope.allows(sv.variant, sv.family):
+            continue
+        candidate = _candidate(sv, "")
+        candidate.diff = diff_schemas(reg.load_schema(sv.id), info.schema)
+        candidate.score = candidate.diff.score
+        ranked.append(candidate)
+    ranked.sort(key=lambda c: (-c.score, c.variant))
+    result.candidates = ranked[:limit]
+    if not ranked:
+        result.suggestions.append("no registered schema shares entries with this checkpoint: `registry variants list`")
+        return
+    best = ranked[0]
+    result.diff = best.diff
+    if best.diff and best.diff.rename_rules:
+        from .converters import RenameRules
+
+        rules = RenameRules(tuple(best.diff.rename_rules))
+        result.suggestions.append(
+            f"registry convert {path} --to {best.variant} {rules.as_options()} -o converted.safetensors"
+        )
+
+
+def match_checkpoint(
+    reg: Any,
+    info: CheckpointInfo,
+    *,
+    family: str | None = None,
+    variant: str | None = None,
+    nearest: int = 5,
+) -> MatchResult:
+    """The registered build that loads `info` (see the module docstring for the order of evidence).
+
+    `family`/`variant` restrict the answer (a trainer that builds diffusers UNets asks for
+    `family="diffusers-unet"`, which turns an LDM checkpoint into a `convertible` answer).
+    Returns a `MatchResult`; raises `DatabaseError` only for database failures.
+    """
+    scope = Scope(family=family, variant=variant)
+    result = MatchResult(status=NONE, fingerprint=info.schema.fingerprint)
+    path = info.path
+    for step in (_from_embedded, _from_record, _from_fingerprint, _from_converters):
+        if step(reg, info, result, scope):
+            return result
+    if _from_inference(info, result, scope, path):
+        return result
+    _nearest(reg, info, result, scope, path, nearest)
+    return result

@@ -1,0 +1,154 @@
+"""`read_checkpoint`: any checkpoint file or folder -> `CheckpointInfo`, safely and from metadata only."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+from registry.errors import CheckpointError, RegistryError, UnsafeCheckpointError
+from registry.schema import Schema
+
+from .info import CheckpointInfo
+from .layout import find_layout
+from .limits import DEFAULT_LIMITS, FormatError, Limits
+from .metadata import safetensors_metadata
+from .policy import Findings
+from .safetensors_header import read_safetensors
+from .sniff import HEAD_BYTES, describe, lfs_description, sniff
+from .torch_legacy import read_torch_legacy
+from .torch_pickle import RawCheckpoint
+from .torch_zip import read_torch_zip
+from .unpickler import MetadataUnpickler
+from .zipdir import FileView
+
+
+def read_checkpoint(path: str | os.PathLike, *, allow_unsafe: bool = False, limits: Limits | None = None) -> CheckpointInfo:
+    """Read a checkpoint's tensor names, shapes and dtypes, its layout and its plain metadata.
+
+    Never runs code from the file and never reads tensor data: only the zip directory and the
+    pickle record (torch zip), the pickles (legacy torch), the JSON header (safetensors) or the
+    index and headers of a folder's model files.
+
+    Raises `UnsafeCheckpointError` (exit 3) when the file would run code under
+    `torch.load(weights_only=False)` (unless `allow_unsafe`, which reads it anyway - still
+    without running anything - and says so in `warnings`), and `CheckpointError` (exit 3) when
+    it is missing, corrupt, truncated, hostile or not a checkpoint.
+    """
+    display = os.fspath(path)
+    limits = limits or DEFAULT_LIMITS
+    try:
+        return _read(display, allow_unsafe, limits)
+    except FormatError as exc:
+        raise CheckpointError(f"cannot read {display}: {exc.message}") from exc
+    except RegistryError:
+        raise
+    except OSError as exc:
+        raise CheckpointError(f"cannot read {display}: {exc.strerror or exc}") from exc
+    except Exception as exc:  # a hostile file must end in one line, even if it found a bug here
+        raise CheckpointError(
+            f"cannot read {display}: unexpected {type(exc).__name__} ({str(exc)[:100]}); "
+            "run with --debug and report it"
+        ) from exc
+
+
+def _read(display: str, allow_unsafe: bool, limits: Limits) -> CheckpointInfo:
+    try:
+        info = os.stat(display)
+    except FileNotFoundError:
+        if os.path.islink(display):
+            raise FormatError(f"it is a dangling symbolic link (to {os.readlink(display)})") from None
+        raise FormatError("no such file or directory") from None
+    if stat.S_ISDIR(info.st_mode):
+        from .folders import read_folder
+
+        return read_folder(display, allow_unsafe=allow_unsafe, limits=limits)
+    if not stat.S_ISREG(info.st_mode):
+        raise FormatError("it is not a regular file (a device, pipe or socket)")
+    if display.endswith(".json"):
+        if display.endswith(".index.json"):
+            from .folders import read_index
+
+            return read_index(display, allow_unsafe=allow_unsafe, limits=limits)
+        raise FormatError("it is a JSON file; pass the checkpoint, its folder, or its *.index.json")
+    fmt, raw, size = read_file(display, allow_unsafe=allow_unsafe, limits=limits)
+    return build_info(display, fmt, raw, size, limits)
+
+
+def read_file(display: str, *, allow_unsafe: bool, limits: Limits, expect: str | None = None) -> tuple[str, RawCheckpoint, int]:
+    """(format, raw contents, size in bytes) of one checkpoint file, its format told by its bytes.
+
+    A `.safetensors` file (or `expect="safetensors"`) is read as safetensors or refused - never
+    as a pickle. Raises FormatError / UnsafeCheckpointError.
+    """
+    fd = os.open(display, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise FormatError("it is not a regular file")
+        view = FileView(fd, info.st_size)
+        head = os.pread(fd, HEAD_BYTES, 0)
+        kind = sniff(head)
+        if expect == "safetensors" or display.endswith(".safetensors"):
+            if kind != "safetensors":
+                _refuse_misnamed(view, head, display, limits)
+            return "safetensors", read_safetensors(view, display, limits=limits), info.st_size
+        if kind == "zip":
+            return "torch-zip", read_torch_zip(view, display, limits=limits, allow_unsafe=allow_unsafe), info.st_size
+        if kind == "pickle":
+            return "torch-legacy", read_torch_legacy(view, display, limits=limits, allow_unsafe=allow_unsafe), info.st_size
+        if kind == "safetensors":
+            return "safetensors", read_safetensors(view, display, limits=limits), info.st_size
+        if kind == "lfs":
+            raise FormatError(f"it is {lfs_description(head)}")
+        if kind == "tar":
+            raise FormatError("it is an old tar-format torch checkpoint (PyTorch before 1.0), which is not read "
+                              "here; load and re-save it with torch in a trusted environment")
+        if kind == "empty":
+            raise FormatError("the file is empty")
+        raise FormatError(f"it is {describe(head, info.st_size)}, not a checkpoint "
+                          "(torch zip, legacy torch or safetensors)")
+    finally:
+        os.close(fd)
+
+
+def _refuse_misnamed(view: FileView, head: bytes, display: str, limits: Limits) -> None:
+    """A `.safetensors` file that is something else. A pickle is scanned (never loaded) so that a
+    disguised payload is named as such; the file is refused either way."""
+    what = describe(head, view.size)
+    if sniff(head) == "pickle":
+        findings = Findings()
+        data = view.read(0, min(view.size, limits.max_pickle_bytes), "the pickle")
+        try:
+            MetadataUnpickler(data, limits=limits, findings=findings, complete=True).load()
+        except FormatError:
+            pass
+        reasons = findings.unsafe_reasons()
+        if reasons:
+            raise UnsafeCheckpointError(
+                f"refusing {display}: it is a pickle disguised as safetensors, and it {'; '.join(reasons)}, which "
+                "would run code under torch.load(weights_only=False); do not load it"
+            )
+    raise FormatError(f"it is not a safetensors file but {what}; a .safetensors file is never read as anything "
+                      "else (rename it if it is a torch checkpoint)")
+
+
+def build_info(display: str, fmt: str, raw: RawCheckpoint, size: int, limits: Limits,
+               extra_metadata: dict | None = None) -> CheckpointInfo:
+    """Layout discovery and metadata on top of a format reader's result."""
+    layout = find_layout(raw.root, limits)
+    metadata = dict(layout.metadata)
+    warnings = list(raw.warnings) + layout.warnings
+    if raw.metadata:
+        strings, meta_warnings = safetensors_metadata(raw.metadata, limits)
+        metadata.update(strings)
+        warnings.extend(meta_warnings)
+    metadata.update(extra_metadata or {})
+    try:
+        schema = Schema(layout.entries)
+    except ValueError as exc:
+        raise FormatError(str(exc)) from None
+    return CheckpointInfo(
+        path=display, format=fmt, container=layout.container, wrapper=layout.wrapper, schema=schema,
+        metadata=metadata, warnings=warnings, files=raw.files, size_bytes=size,
+    )
+
