@@ -76,10 +76,13 @@ class TinyMLPConfig:
 TINY_FAMILY = "test-tiny-mlp"
 
 
-@pytest.fixture(scope="session")
-def tiny_family() -> str:
-    """Name of a tiny registered test family (Linear layers and a norm); registered once."""
-    from registry.families import register_family
+@pytest.fixture
+def tiny_family(monkeypatch) -> str:
+    """Name of a tiny test family (Linear layers and a norm), registered for this test only."""
+    from registry.families import _FAMILIES, register_family
+
+    # Through monkeypatch, so every other patch of this test is undone before the family is removed.
+    monkeypatch.setitem(_FAMILIES, TINY_FAMILY, None)
 
     @register_family(TINY_FAMILY, config=TinyMLPConfig, description="tiny MLP for store tests")
     def build_tiny_mlp(config: TinyMLPConfig):
