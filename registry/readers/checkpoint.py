@@ -12,14 +12,9 @@ from .info import CheckpointInfo
 from .layout import find_layout
 from .limits import DEFAULT_LIMITS, FormatError, Limits
 from .metadata import safetensors_metadata
-from .policy import Findings
-from .safetensors_header import read_safetensors
 from .sniff import HEAD_BYTES, describe, lfs_description, sniff
-from .torch_legacy import read_torch_legacy
 from .torch_pickle import RawCheckpoint
-from .torch_zip import read_torch_zip
-from .unpickler import MetadataUnpickler
-from .zipdir import FileView
+from .zipdir import FileView, PolyglotError, polyglot_prefix
 
 
 def read_checkpoint(path: str | os.PathLike, *, allow_unsafe: bool = False, limits: Limits | None = None) -> CheckpointInfo:
@@ -91,24 +86,36 @@ def read_file(display: str, *, allow_unsafe: bool, limits: Limits, expect: str |
         if expect == "safetensors" or display.endswith(".safetensors"):
             if kind != "safetensors":
                 _refuse_misnamed(view, head, display, limits)
+        # each format's reader is imported only when a file needs it: start-up is most of the budget
+        if kind == "safetensors":
+            from .safetensors_header import read_safetensors
+
             return "safetensors", read_safetensors(view, display, limits=limits), info.st_size
         if kind == "zip":
+            from .torch_zip import read_torch_zip
+
             return "torch-zip", read_torch_zip(view, display, limits=limits, allow_unsafe=allow_unsafe), info.st_size
         if kind == "pickle":
+            from .torch_legacy import read_torch_legacy
+
             return "torch-legacy", read_torch_legacy(view, display, limits=limits, allow_unsafe=allow_unsafe), info.st_size
-        if kind == "safetensors":
-            return "safetensors", read_safetensors(view, display, limits=limits), info.st_size
-        if kind == "lfs":
-            raise FormatError(f"it is {lfs_description(head)}")
-        if kind == "tar":
-            raise FormatError("it is an old tar-format torch checkpoint (PyTorch before 1.0), which is not read "
-                              "here; load and re-save it with torch in a trusted environment")
-        if kind == "empty":
-            raise FormatError("the file is empty")
-        raise FormatError(f"it is {describe(head, info.st_size)}, not a checkpoint "
-                          "(torch zip, legacy torch or safetensors)")
+        raise _not_a_checkpoint(kind, view, head)
     finally:
         os.close(fd)
+
+
+def _not_a_checkpoint(kind: str, view: FileView, head: bytes) -> FormatError:
+    if kind == "lfs":
+        return FormatError(f"it is {lfs_description(head)}")
+    if kind == "tar":
+        return FormatError("it is an old tar-format torch checkpoint (PyTorch before 1.0), which is not read "
+                           "here; load and re-save it with torch in a trusted environment")
+    if kind == "empty":
+        return FormatError("the file is empty")
+    prefix = polyglot_prefix(view)
+    if prefix is not None:
+        return PolyglotError(prefix)
+    return FormatError(f"it is {describe(head, view.size)}, not a checkpoint (torch zip, legacy torch or safetensors)")
 
 
 def _refuse_misnamed(view: FileView, head: bytes, display: str, limits: Limits) -> None:
@@ -116,6 +123,9 @@ def _refuse_misnamed(view: FileView, head: bytes, display: str, limits: Limits) 
     disguised payload is named as such; the file is refused either way."""
     what = describe(head, view.size)
     if sniff(head) == "pickle":
+        from .policy import Findings
+        from .unpickler import MetadataUnpickler
+
         findings = Findings()
         data = view.read(0, min(view.size, limits.max_pickle_bytes), "the pickle")
         try:

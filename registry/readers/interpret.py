@@ -356,7 +356,10 @@ def _decode_number(spec: Any, raw: bytes, order: Any) -> Any:
     return struct.unpack((">" if order == ">" else "<") + codes[size], raw)[0]
 
 
-_benign("numpy.core.multiarray._reconstruct", "numpy._core.multiarray._reconstruct")
+@_register("benign", "numpy.core.multiarray._reconstruct", "numpy._core.multiarray._reconstruct")
+def _numpy_array(vm: Any, func: Global, args: tuple) -> Instance:
+    # (ndarray class, shape, typecode); the array's real shape and dtype arrive by BUILD
+    return Instance(args[0] if args and type(args[0]) is Global else func, args)
 
 
 def _ndarray_shape(value: Any) -> tuple | None:

@@ -10,7 +10,6 @@ ints to tensors) is never a candidate.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 from registry.schema import TensorEntry
@@ -29,15 +28,18 @@ NOT_MODEL = frozenset({"optimizer", "optimizer_state_dict", "optimizer_states", 
 WRAPPERS = ("module.", "_orig_mod.")  # DistributedDataParallel / DataParallel, torch.compile
 
 
-@dataclass
 class Layout:
     """The model's tensor entries (wrapper stripped) and where they were found."""
 
-    container: str | None
-    wrapper: str | None
-    entries: list[TensorEntry]
-    metadata: dict[str, Any] = field(default_factory=dict)
-    warnings: list[str] = field(default_factory=list)
+    __slots__ = ("container", "wrapper", "entries", "metadata", "warnings")
+
+    def __init__(self, container: str | None, wrapper: str | None, entries: list[TensorEntry],
+                 metadata: dict[str, Any], warnings: list[str]):
+        self.container = container
+        self.wrapper = wrapper
+        self.entries = entries
+        self.metadata = metadata
+        self.warnings = warnings
 
 
 def find_layout(root: Any, limits: Limits) -> Layout:

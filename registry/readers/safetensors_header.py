@@ -54,22 +54,27 @@ def _tensors(header: dict[str, Any], data_size: int) -> dict[str, TensorRecord]:
         if type(info) is not dict:
             raise FormatError(f"tensor {name!r} has no dtype/shape/data_offsets record")
         dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
-        if dtype not in SAFETENSORS_DTYPES:
+        known = SAFETENSORS_DTYPES.get(dtype) if type(dtype) is str else None
+        if known is None:
             raise FormatError(f"tensor {name!r} has unknown dtype {dtype!r}")
-        if type(shape) is not list or any(type(d) is not int or d < 0 for d in shape):
+        if type(shape) is not list:
             raise FormatError(f"tensor {name!r} has an invalid shape {shape!r}")
-        if (type(offsets) is not list or len(offsets) != 2 or any(type(o) is not int for o in offsets)
-                or not 0 <= offsets[0] <= offsets[1]):
-            raise FormatError(f"tensor {name!r} has invalid data_offsets {offsets!r}")
-        torch_name, bits = SAFETENSORS_DTYPES[dtype]
         numel = 1
         for dim in shape:
+            if type(dim) is not int or dim < 0:
+                raise FormatError(f"tensor {name!r} has an invalid shape {shape!r}")
             numel *= dim
-        if (numel * bits) % 8 or offsets[1] - offsets[0] != numel * bits // 8:
-            raise FormatError(f"tensor {name!r} ({dtype} {shape}) spans {offsets[1] - offsets[0]:,} bytes; "
+        if type(offsets) is not list or len(offsets) != 2:
+            raise FormatError(f"tensor {name!r} has invalid data_offsets {offsets!r}")
+        begin, end = offsets
+        if type(begin) is not int or type(end) is not int or not 0 <= begin <= end:
+            raise FormatError(f"tensor {name!r} has invalid data_offsets {offsets!r}")
+        torch_name, bits = known
+        if (numel * bits) % 8 or end - begin != numel * bits // 8:
+            raise FormatError(f"tensor {name!r} ({dtype} {shape}) spans {end - begin:,} bytes; "
                               f"its shape needs {numel * bits / 8:,.0f}")
         records[name] = TensorRecord(torch_name, tuple(shape))
-        spans.append((offsets[0], offsets[1], name))
+        spans.append((begin, end, name))
     spans.sort()
     position = 0
     for begin, end, name in spans:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 from .dtypes import ELEMENT_BYTES
@@ -10,7 +9,6 @@ from .limits import FormatError
 from .records import Global, StorageRef, TensorRecord
 
 
-@dataclass
 class RawCheckpoint:
     """What a format reader found, before layout discovery.
 
@@ -18,10 +16,14 @@ class RawCheckpoint:
     format-level metadata (a safetensors `__metadata__`); `files`: the files read.
     """
 
-    root: Any
-    files: list[str]
-    warnings: list[str] = field(default_factory=list)
-    metadata: dict[str, Any] = field(default_factory=dict)
+    __slots__ = ("root", "files", "warnings", "metadata")
+
+    def __init__(self, root: Any, files: list[str], warnings: list[str] | None = None,
+                 metadata: dict[str, Any] | None = None):
+        self.root = root
+        self.files = files
+        self.warnings = warnings or []
+        self.metadata = metadata or {}
 
 
 def storage_from_pid(pid: Any, *, legacy: bool) -> tuple[StorageRef, tuple | None]:

@@ -486,11 +486,9 @@ def _build(vm, data, pos):
     return pos
 
 
-def _ext(width):
-    def ext(vm, data, pos):
-        raise FormatError("the pickle uses the copyreg extension registry (EXT opcodes), which no "
-                          "checkpoint writer uses")
-    return ext
+def _ext(vm, data, pos):
+    raise FormatError("the pickle uses the copyreg extension registry (EXT opcodes), which no "
+                      "checkpoint writer uses")
 
 
 def _buffer(vm, data, pos):
@@ -498,6 +496,14 @@ def _buffer(vm, data, pos):
 
 
 def _readonly_buffer(vm, data, pos):
+    return pos
+
+
+def _tuple3(vm, data, pos):
+    stack = vm.stack
+    if len(stack) < 3:
+        raise IndexError("stack underflow")
+    stack[-3:] = [tuple(stack[-3:])]
     return pos
 
 
@@ -613,18 +619,16 @@ def _memoize(vm, data, pos):
     return pos
 
 
+# MARK, TUPLE, TUPLE1, TUPLE2, REDUCE, BININT1, BININT2, BINGET and LONG_BINPUT are inlined in load().
 _OPCODES: dict[bytes, Callable] = {
-    b".": _stop, b"0": _pop, b"1": _pop_mark, b"2": _dup,
-    b"F": _float, b"I": _int, b"J": _binint, b"L": _long, 
-    b"N": _push(None), b"P": _persid, b"Q": _binpersid, 
-    b"S": _string, b"T": _sized(4, _latin1), b"U": _sized(1, _latin1), b"V": _unicode,
-    b"X": _sized(4, _utf8), b"a": _append, b"b": _build, b"c": _global, b"d": _dict,
-    b"}": _empty_dict, b"e": _appends, b"g": _get, b"i": _inst, b"j": _long_binget,
-    b"l": _list, b"]": _empty_list, b"o": _obj, b"p": _put, b"q": _binput, 
-    b"s": _setitem, b")": _push(()), b"u": _setitems, b"G": _binfloat,
+    b".": _stop, b"0": _pop, b"1": _pop_mark, b"2": _dup, b"F": _float, b"I": _int, b"J": _binint,
+    b"L": _long, b"N": _push(None), b"P": _persid, b"Q": _binpersid, b"S": _string,
+    b"T": _sized(4, _latin1), b"U": _sized(1, _latin1), b"V": _unicode, b"X": _sized(4, _utf8),
+    b"a": _append, b"b": _build, b"c": _global, b"d": _dict, b"}": _empty_dict, b"e": _appends,
+    b"g": _get, b"i": _inst, b"j": _long_binget, b"l": _list, b"]": _empty_list, b"o": _obj,
+    b"p": _put, b"q": _binput, b"s": _setitem, b")": _push(()), b"u": _setitems, b"G": _binfloat,
     # protocol 2
-    b"\x80": _proto, b"\x81": _newobj, b"\x82": _ext(1), b"\x83": _ext(2), b"\x84": _ext(4),
-    b"\x87": _tuple3,
+    b"\x80": _proto, b"\x81": _newobj, b"\x82": _ext, b"\x83": _ext, b"\x84": _ext, b"\x87": _tuple3,
     b"\x88": _push(True), b"\x89": _push(False), b"\x8a": _long_n(1), b"\x8b": _long_n(4),
     # protocol 3
     b"B": _sized(4, bytes), b"C": _sized(1, bytes),

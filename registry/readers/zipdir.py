@@ -68,8 +68,7 @@ def read_directory(view: FileView, limits: Limits) -> dict[str, Member]:
                          "far more than a checkpoint holds")
     if cd_offset + cd_size != eocd_at:
         if cd_offset + cd_size < eocd_at and _looks_shifted(view, eocd_at - cd_size):
-            raise FormatError(f"the zip archive does not start at byte 0 ({eocd_at - cd_size - cd_offset:,} "
-                              "bytes precede it): a polyglot file, which torch and scanners read differently")
+            raise PolyglotError(eocd_at - cd_size - cd_offset)
         raise FormatError("the zip central directory is not where the end record says")
     directory = view.read(cd_offset, cd_size, "the zip central directory")
     members: dict[str, Member] = {}
@@ -112,8 +111,7 @@ def _check_local(view: FileView, members: dict[str, Member], cd_offset: int) -> 
     the name per member, never member data."""
     ordered = sorted(members.values(), key=lambda m: m.offset)
     if ordered and ordered[0].offset != 0:
-        raise FormatError(f"the zip archive does not start at byte 0 ({ordered[0].offset:,} bytes precede "
-                          "its first member): a polyglot file, which torch and scanners read differently")
+        raise PolyglotError(ordered[0].offset)
     end_of_data = 0
     for member in ordered:
         if member.offset < end_of_data:
@@ -184,6 +182,15 @@ def _inflate(view: FileView, member: Member, cap: int) -> bytes:
     return data
 
 
+class PolyglotError(FormatError):
+    """A zip archive preceded by other bytes: a file that different tools read differently."""
+
+    def __init__(self, prefix: int):
+        super().__init__(f"the zip archive does not start at byte 0 ({prefix:,} bytes precede it): a polyglot "
+                         "file, which torch and scanners read differently")
+        self.prefix = prefix
+
+
 def _find_end(view: FileView) -> tuple[int, int, int, int]:
     """(offset where the central directory must end, entries, cd size, cd offset)."""
     tail_start = max(0, view.size - _EOCD.size - _MAX_COMMENT)
@@ -204,6 +211,10 @@ def _find_end(view: FileView) -> tuple[int, int, int, int]:
     locator_at = eocd_at - _LOCATOR.size
     if locator_at >= 0 and view.read(locator_at, 4, "the zip64 locator") == b"PK\x06\x07":
         _sig, _disk, record_at, _disks = _LOCATOR.unpack(view.read(locator_at, _LOCATOR.size, "the zip64 locator"))
+        expected_at = locator_at - _EOCD64.size  # where writers put it (no zip64 extensible data)
+        if (record_at < expected_at and expected_at >= 0
+                and view.read(expected_at, 4, "the zip64 end record") == b"PK\x06\x06"):
+            raise PolyglotError(expected_at - record_at)
         record = view.read(record_at, _EOCD64.size, "the zip64 end record")
         (sig, _size, _made, _needed, disk, cd_disk, _on_disk, entries, cd_size, cd_offset) = _EOCD64.unpack(record)
         if sig != b"PK\x06\x06" or disk != 0 or cd_disk != 0:
@@ -212,6 +223,18 @@ def _find_end(view: FileView) -> tuple[int, int, int, int]:
     if 0xFFFFFFFF in (cd_size, cd_offset) or entries == 0xFFFF:
         raise FormatError("the zip needs a zip64 end record and has none")
     return eocd_at, entries, cd_size, cd_offset
+
+
+def polyglot_prefix(view: FileView) -> int | None:
+    """Bytes before a zip archive that ends the file but does not start it (a polyglot), or None."""
+    try:
+        eocd_at, _entries, cd_size, cd_offset = _find_end(view)
+    except PolyglotError as exc:
+        return exc.prefix
+    except FormatError:
+        return None
+    shift = eocd_at - cd_size - cd_offset
+    return shift if shift > 0 and _looks_shifted(view, eocd_at - cd_size) else None
 
 
 def _looks_shifted(view: FileView, cd_start: int) -> bool:

@@ -1,0 +1,262 @@
+"""Benchmark: whole-process `registry fingerprint` of a Stable-Diffusion-1.5-size UNet checkpoint.
+
+DESIGN §9 and issue 3. Builds the SD-1.5 UNet state dict (686 tensors, 859,520,964 fp32 elements,
+~3.44 GB) cheaply - names and shapes from the `diffusers-unet` family on the meta device (or
+diffusers' UNet2DConditionModel on the meta device when the families cannot be imported), data
+from `torch.empty` (never initialised) - and writes it as `.pt` (torch.save) and `.safetensors`
+(safetensors.torch.save_file), plus a copy 10x smaller in bytes with the same 686 entries (every
+tensor's first dimension divided by 10), to show the cost does not grow with file size.
+
+Then, with the page cache warm (each file read once; each command run once before timing),
+several runs of each whole process, timed from spawn to exit, with that process's own peak RSS
+(`os.wait4`):
+  registry fingerprint FILE
+  python: torch.load(FILE, weights_only=True) + list names and shapes
+  python: torch.load(FILE, weights_only=True, mmap=True) + list names and shapes
+  python: safetensors load_file / safe_open + list names and shapes      (for .safetensors)
+  python: read only the zip directory and data.pkl / the JSON header      (the floor)
+Prints medians, ratios and the issue's targets; `--json` prints the figures as JSON. The files
+are deleted at the end (unless --keep).
+
+    python benchmarks/bench_fingerprint.py [--runs 7] [--slow-runs 3] [--dir DIR] [--json] [--keep]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SD15 = {"sample_size": 64, "cross_attention_dim": 768}  # the rest are UNet2DConditionModel defaults
+GB = 1e9
+
+TARGETS = {"wall_s": 0.2, "peak_mb": 50.0, "vs_weights_only": 25.0, "vs_mmap": 10.0, "flat": 1.25}
+
+SNIPPETS = {
+    "torch.load(weights_only)": "import sys, torch\n"
+    "sd = torch.load(sys.argv[1], map_location='cpu', weights_only=True)\n"
+    "rows = [(k, tuple(v.shape)) for k, v in sd.items()]\n",
+    "torch.load(mmap)": "import sys, torch\n"
+    "sd = torch.load(sys.argv[1], map_location='cpu', weights_only=True, mmap=True)\n"
+    "rows = [(k, tuple(v.shape)) for k, v in sd.items()]\n",
+    "floor: zip dir + data.pkl": "import sys, zipfile\n"
+    "z = zipfile.ZipFile(sys.argv[1])\n"
+    "z.read(next(n for n in z.namelist() if n.endswith('/data.pkl')))\n",
+    "safetensors load_file": "import sys\nfrom safetensors.torch import load_file\n"
+    "sd = load_file(sys.argv[1])\nrows = [(k, tuple(v.shape)) for k, v in sd.items()]\n",
+    "safetensors safe_open": "import sys\nfrom safetensors import safe_open\n"
+    "with safe_open(sys.argv[1], 'pt') as f:\n    rows = [(k, f.get_slice(k).get_shape()) for k in f.keys()]\n",
+    "floor: JSON header": "import sys, json, struct\n"
+    "f = open(sys.argv[1], 'rb')\njson.loads(f.read(struct.unpack('<Q', f.read(8))[0]))\n",
+}
+
+
+def unet_shapes() -> tuple[list[tuple[str, tuple[int, ...]]], str]:
+    """(name, shape) of the SD-1.5 UNet state dict, and where they came from."""
+    try:
+        from registry.catalog import get_builtin_variant
+        from registry.families import build_schema, get_family, make_config
+
+        variant = get_builtin_variant("diffusers-unet/sd15")
+        family = get_family(variant.family)
+        built = build_schema(family, make_config(family, variant.config))
+        return [(e.name, e.shape) for e in built.schema], "variant diffusers-unet/sd15 on the meta device"
+    except Exception as exc:  # without the built-in families, diffusers itself gives the same layout
+        import torch
+        from diffusers import UNet2DConditionModel
+
+        with torch.device("meta"):
+            model = UNet2DConditionModel(**SD15)
+        shapes = [(k, tuple(v.shape)) for k, v in model.state_dict().items()]
+        return shapes, f"diffusers UNet2DConditionModel (meta device; families unavailable: {type(exc).__name__})"
+
+
+def write_checkpoints(directory: Path, shapes, divide: int, stem: str) -> tuple[Path, Path]:
+    """`stem.pt` and `stem.safetensors` holding torch.empty tensors (first dims divided by `divide`)."""
+    import torch
+    from safetensors.torch import save_file
+
+    state = {}
+    for name, shape in shapes:
+        if divide > 1 and shape:
+            shape = (max(1, shape[0] // divide),) + tuple(shape[1:])
+        state[name] = torch.empty(shape, dtype=torch.float32)
+    pt, st = directory / f"{stem}.pt", directory / f"{stem}.safetensors"
+    torch.save(state, pt)
+    save_file(state, str(st))
+    return pt, st
+
+
+def registry_command() -> tuple[list[str], str]:
+    """The installed console script if it starts, else `python cli.py` (same `main`)."""
+    script = Path(sys.executable).with_name("registry")
+    if script.exists():
+        probe = subprocess.run([str(script), "--help"], capture_output=True, cwd=tempfile.gettempdir(), env=CHILD_ENV)
+        if probe.returncode == 0:
+            return [str(script)], "console script"
+    return [sys.executable, str(ROOT / "cli.py")], "python cli.py (the console script does not start)"
+
+
+def warm(path: Path) -> None:
+    with open(path, "rb") as handle:
+        while handle.read(1 << 24):
+            pass
+
+
+# Children may write bytecode caches, as an installed package has them: a PYTHONDONTWRITEBYTECODE
+# in the caller's environment would make every measured process compile the project from source.
+CHILD_ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+
+# Each measured process is spawned by this small launcher, not by the benchmark itself: a child
+# forked from a process that holds torch and 3 GB of tensors reports that parent's memory as its
+# peak RSS. The launcher times spawn-to-exit and reads the child's own rusage (os.wait4).
+LAUNCHER = (
+    "import os, sys, time\n"
+    "start = time.perf_counter()\n"
+    "pid = os.posix_spawn(sys.argv[1], sys.argv[1:], os.environ,\n"
+    "                     file_actions=[(os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0)])\n"
+    "_, status, usage = os.wait4(pid, 0)\n"
+    "print(time.perf_counter() - start, usage.ru_maxrss, os.waitstatus_to_exitcode(status))\n"
+)
+
+
+def measure(command: list[str], runs: int) -> dict:
+    """Wall seconds and peak RSS (MB) of `runs` fresh processes, after one unmeasured warm-up."""
+    walls, peaks = [], []
+    for attempt in range(runs + 1):
+        launched = subprocess.run([sys.executable, "-S", "-c", LAUNCHER, *command], capture_output=True,
+                                  text=True, cwd=tempfile.gettempdir(), env=CHILD_ENV)
+        wall, peak_kb, status = launched.stdout.split()
+        if launched.returncode != 0 or status != "0":
+            raise SystemExit(f"benchmark command failed ({status}): {' '.join(command)}\n{launched.stderr}")
+        if attempt:
+            walls.append(float(wall))
+            peaks.append(int(peak_kb) / 1024)  # Linux reports kilobytes
+    return {"median_s": statistics.median(walls), "min_s": min(walls), "peak_mb": statistics.median(peaks),
+            "runs": runs}
+
+
+def bench_file(path: Path, registry: list[str], runs: int, slow_runs: int, slow: bool) -> dict:
+    warm(path)
+    python = [sys.executable, "-c"]
+    names = ["floor: zip dir + data.pkl", "torch.load(weights_only)", "torch.load(mmap)"]
+    if path.suffix == ".safetensors":
+        names = ["floor: JSON header", "safetensors load_file", "safetensors safe_open"]
+    results = {"registry fingerprint": measure(registry + ["fingerprint", str(path)], runs)}
+    for name in names:
+        if slow or name.startswith("floor"):
+            results[name] = measure(python + [SNIPPETS[name], str(path)], runs if name.startswith("floor") else slow_runs)
+    return {"path": path.name, "size_bytes": path.stat().st_size, "results": results}
+
+
+def check_fingerprint(registry: list[str], path: Path, shapes) -> str:
+    """The command's fingerprint, checked against the one computed from the shapes written."""
+    from registry.schema import Schema, TensorEntry
+
+    expected = Schema(TensorEntry(name, tuple(shape)) for name, shape in shapes).fingerprint
+    out = subprocess.run(registry + ["fingerprint", str(path), "--json"], capture_output=True, text=True, check=True,
+                         env=CHILD_ENV)
+    got = json.loads(out.stdout)[0]["fingerprint"]
+    if got != expected:
+        raise SystemExit(f"fingerprint of {path} is {got}, expected {expected}")
+    return got
+
+
+def summarise(big: dict, small: dict, kind: str) -> dict:
+    """Ratios against the baselines and the issue's targets for one format."""
+    mine = big["results"]["registry fingerprint"]
+    load, lazy = (("torch.load(weights_only)", "torch.load(mmap)") if kind == "pt"
+                  else ("safetensors load_file", "safetensors safe_open"))
+    ratios = {
+        "vs_weights_only": big["results"][load]["median_s"] / mine["median_s"],
+        "vs_mmap": big["results"][lazy]["median_s"] / mine["median_s"],
+        "flat": mine["median_s"] / small["results"]["registry fingerprint"]["median_s"],
+    }
+    checks = {
+        f"wall < {TARGETS['wall_s']} s": mine["median_s"] < TARGETS["wall_s"],
+        f"peak < {TARGETS['peak_mb']:.0f} MB": mine["peak_mb"] < TARGETS["peak_mb"],
+        f">= {TARGETS['vs_weights_only']:.0f}x faster than {load}": ratios["vs_weights_only"] >= TARGETS["vs_weights_only"],
+        f">= {TARGETS['vs_mmap']:.0f}x faster than {lazy}": ratios["vs_mmap"] >= TARGETS["vs_mmap"],
+        f"flat: 3.4 GB / 0.34 GB time < {TARGETS['flat']}": ratios["flat"] < TARGETS["flat"],
+    }
+    return {"ratios": ratios, "targets": checks}
+
+
+def print_table(report: dict) -> None:
+    print(f"registry command: {report['registry_command']}")
+    print(f"schema source:    {report['schema_source']}")
+    print(f"state dict:       {report['entries']} tensors, {report['elements']:,} fp32 elements")
+    print()
+    print(f"{'file':<28} {'process':<28} {'median s':>9} {'min s':>8} {'peak MB':>8} {'runs':>5}")
+    for entry in report["files"]:
+        label = f"{entry['path']} ({entry['size_bytes'] / GB:.2f} GB)"
+        for name, figures in entry["results"].items():
+            print(f"{label:<28} {name:<28} {figures['median_s']:>9.3f} {figures['min_s']:>8.3f} "
+                  f"{figures['peak_mb']:>8.1f} {figures['runs']:>5}")
+            label = ""
+    for kind, summary in report["summary"].items():
+        print(f"\n{kind}: " + ", ".join(f"{name} {value:.1f}x" if name != "flat" else f"big/small time {value:.2f}"
+                                       for name, value in summary["ratios"].items()))
+        for target, ok in summary["targets"].items():
+            print(f"  [{'PASS' if ok else 'FAIL'}] {target}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=7, help="timed runs of fast processes (median reported)")
+    parser.add_argument("--slow-runs", type=int, default=3, help="timed runs of full torch/safetensors loads")
+    parser.add_argument("--dir", default=None, help="where to write the ~7.6 GB of files (default: temp dir)")
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    parser.add_argument("--keep", action="store_true", help="keep the checkpoint files")
+    args = parser.parse_args()
+
+    shapes, source = unet_shapes()
+    elements = sum(math.prod(s) for _n, s in shapes)
+    directory = Path(tempfile.mkdtemp(prefix="bench-fingerprint-", dir=args.dir))
+    needed = elements * 4 * 2 * 1.1 * 1.05
+    free = shutil.disk_usage(directory).free
+    if free < needed:
+        shutil.rmtree(directory)
+        raise SystemExit(f"{directory} has {free / GB:.1f} GB free; the benchmark writes {needed / GB:.1f} GB (use --dir)")
+    registry, how = registry_command()
+    try:
+        log = sys.stderr
+        print(f"writing checkpoints to {directory} ...", file=log)
+        big_pt, big_st = write_checkpoints(directory, shapes, 1, "sd15-unet")
+        small_pt, small_st = write_checkpoints(directory, shapes, 10, "sd15-unet-small")
+        fingerprint = check_fingerprint(registry, big_pt, shapes)
+        check_fingerprint(registry, big_st, shapes)
+        files = []
+        for path, slow in ((big_pt, True), (small_pt, False), (big_st, True), (small_st, False)):
+            print(f"measuring {path.name} ...", file=log)
+            files.append(bench_file(path, registry, args.runs, args.slow_runs, slow))
+        report = {
+            "registry_command": " ".join(registry) + f"  [{how}]",
+            "schema_source": source,
+            "entries": len(shapes),
+            "elements": elements,
+            "fingerprint": fingerprint,
+            "files": files,
+            "summary": {"pt": summarise(files[0], files[1], "pt"),
+                        "safetensors": summarise(files[2], files[3], "safetensors")},
+        }
+    finally:
+        if not args.keep:
+            shutil.rmtree(directory, ignore_errors=True)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print_table(report)
+
+
+if __name__ == "__main__":
+    main()
