@@ -11,11 +11,11 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from hostile.corpus import write_safetensors
 from registry.command.cli import main
 from registry.errors import CheckpointError
 from registry.readers import read_checkpoint
 from registry.readers.limits import human_bytes
-from test_readers_formats import write_safetensors
 
 HEAVY = ("torch", "numpy", "sqlalchemy", "diffusers")
 

@@ -13,21 +13,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import save_file
 from torch import nn
 
-from hostile.corpus import payloads
-from registry.catalog import get_builtin_variant
-from registry.families import get_family, make_config
+from hostile.corpus import build_variant, payloads, write_safetensors
 from registry.readers import read_checkpoint
 from registry.schema import schema_of_module, schema_of_state_dict
-
-
-def build(variant_name: str) -> nn.Module:
-    variant = get_builtin_variant(variant_name)
-    family = get_family(variant.family)
-    torch.manual_seed(0)
-    return family.build(make_config(family, variant.config))
 
 
 class WithExtraState(nn.Module):
@@ -67,19 +57,13 @@ MODELS = ["ctvit/tiny", "ctvit/tiny-optimized", "ldm-unet/tiny", "tricky"]
 
 @pytest.fixture(scope="module")
 def models() -> dict[str, nn.Module]:
-    built = {name: build(name) for name in MODELS if name != "tricky"}
+    built = {name: build_variant(name) for name in MODELS if name != "tricky"}
     built["tricky"] = Tricky()
     return built
 
 
 def write_torch(path: Path, state: dict, **kwargs) -> Path:
     torch.save(state, path, **kwargs)
-    return path
-
-
-def write_safetensors(path: Path, state: dict, metadata: dict | None = None) -> Path:
-    tensors = {k: v.detach().clone().contiguous() for k, v in state.items() if isinstance(v, torch.Tensor)}
-    save_file(tensors, str(path), metadata=metadata)
     return path
 
 
@@ -114,7 +98,8 @@ def test_tricky_entries_are_reported_as_torch_names_them(tmp_path, models):
     assert info.schema.dtypes == {"bfloat16": 1, "bool": 1, "float16": 2, "float32": 11, "int64": 1}
 
 
-@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore:Sparse invariant checks:UserWarning",
+                            "ignore:torch.quantize_per_tensor:UserWarning")
 @pytest.mark.parametrize("legacy", [False, True])
 def test_views_quantized_sparse_meta_and_new_dtypes(tmp_path, legacy):
     base = torch.arange(12.0).reshape(3, 4)
@@ -190,7 +175,7 @@ def test_a_shard_holding_a_tensor_the_index_puts_elsewhere_is_an_error(tmp_path,
 
 @pytest.fixture(scope="module")
 def diffusers_unet():
-    return build("diffusers-unet/tiny")
+    return build_variant("diffusers-unet/tiny")
 
 
 @pytest.mark.parametrize("sharded", [False, True])

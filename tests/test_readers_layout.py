@@ -12,30 +12,21 @@ import pytest
 import torch
 from torch import nn
 
-from registry.catalog import get_builtin_variant
+from hostile.corpus import build_variant, write_safetensors
 from registry.errors import CheckpointError
-from registry.families import get_family, make_config
 from registry.readers import SubModel, read_checkpoint
 from registry.readers.info import submodels_of
 from registry.schema import Schema, TensorEntry, schema_of_module
-from test_readers_formats import write_safetensors
-
-
-def build(variant_name: str) -> nn.Module:
-    variant = get_builtin_variant(variant_name)
-    family = get_family(variant.family)
-    torch.manual_seed(0)
-    return family.build(make_config(family, variant.config))
 
 
 @pytest.fixture(scope="module")
 def ctvit() -> nn.Module:
-    return build("ctvit/tiny")
+    return build_variant("ctvit/tiny")
 
 
 @pytest.fixture(scope="module")
 def unet() -> nn.Module:
-    return build("ldm-unet/tiny")
+    return build_variant("ldm-unet/tiny")
 
 
 class TrainConfig:

@@ -39,7 +39,7 @@ def read_folder(folder: str, *, allow_unsafe: bool, limits: Limits) -> Checkpoin
         parts = [n for n in names if os.path.isdir(os.path.join(folder, n))]
         raise FormatError("it is a diffusers pipeline folder (model_index.json); fingerprint one component, e.g. "
                           + os.path.join(folder, "unet" if "unet" in parts else (parts or ["unet"])[0]))
-    chosen, warnings = _choose_weights(folder, names)
+    chosen, warnings = _choose_weights(names)
     accelerate = any(_ACCELERATE.match(n) for n in names)
     diffusers = "config.json" in names and chosen.startswith("diffusion_pytorch_model")
     extra: dict[str, Any] = {}
@@ -63,7 +63,7 @@ def read_folder(folder: str, *, allow_unsafe: bool, limits: Limits) -> Checkpoin
     return info
 
 
-def _choose_weights(folder: str, names: list[str]) -> tuple[str, list[str]]:
+def _choose_weights(names: list[str]) -> tuple[str, list[str]]:
     """The weights file or index to read, and warnings naming what else looked like weights."""
     groups: dict[tuple[str, int, str], list[str]] = {}
     for name in names:

@@ -7,7 +7,8 @@ Each entry is `(kind, handler, value)`:
 - "benign": metadata types whose calls become `Instance` placeholders (argparse.Namespace,
   numpy scalars and arrays, pathlib paths, datetime, ...) and constants (`value`: dtypes,
   storage classes, layouts, qschemes).
-A handler takes `(vm, func, args)` (func: the `Global` called) and returns the value; malformed arguments raise FormatError.
+A handler takes `(vm, func, args)` (func: the `Global` called) and returns the value; malformed
+arguments raise FormatError.
 Facts about torch's serialization (argument orders of `torch._utils._rebuild_*`) come from its
 documented file format; no torch code runs here.
 """
@@ -45,8 +46,7 @@ def _benign(*paths: str) -> None:
 
 
 def _constant(path: str, value: Any) -> None:
-    module, _, name = path.rpartition(".")
-    TABLE[(module, name)] = ("benign", _placeholder, value)
+    _register("benign", path, value=value)(_placeholder)
 
 
 def _bad(what: str, args: tuple) -> FormatError:

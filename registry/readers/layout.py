@@ -57,6 +57,9 @@ def find_layout(root: Any, limits: Limits) -> Layout:
     else:
         path, chosen, warnings = _choose(top)
     names = [name for name, value in chosen.items() if type(value) is TensorRecord]
+    odd = next((name for name in names if "\t" in name or "\n" in name), None)
+    if odd is not None:  # the canonical text (DESIGN §3) is tab- and newline-separated
+        raise FormatError(f"tensor name {odd[:80]!r} holds a tab or a newline, which a fingerprint cannot represent")
     wrapper = _wrapper(names)
     cut = len(wrapper)
     entries = [TensorEntry(name[cut:], value.shape, value.dtype)

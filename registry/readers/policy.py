@@ -83,6 +83,10 @@ def _path_dangerous(path: str) -> bool:
     return False
 
 
+# Attributes an unpickler looks up on an instance and calls (BUILD, APPEND(S), ADDITEMS).
+_CALLED_ATTRIBUTES = ("__setstate__", "append", "extend", "add")
+
+
 class Findings:
     """What a file's pickles would do beyond building data, gathered while reading them."""
 
@@ -105,16 +109,16 @@ class Findings:
         self.actions.append(f"rewrites attributes of {target.path}")
 
     def check_state(self, target: Instance, state: Any) -> None:
-        """BUILD state that sets `__setstate__`, `append`, ... makes pickle call that value next."""
+        """BUILD state that sets `__setstate__`, `append`, ... on an instance makes the next BUILD or
+        APPEND call that value: a global there counts as called, an object the pickle built as an
+        unsafe action. Plain data under those names (a config's `add=True`) is harmless."""
         dicts = [state] if type(state) is dict else [s for s in state if type(s) is dict] if type(state) is tuple else []
         for mapping in dicts:
-            for key in ("__setstate__", "append", "extend", "add", "__reduce__", "__reduce_ex__"):
+            for key in _CALLED_ATTRIBUTES:
                 value = mapping.get(key)
-                if value is None:
-                    continue
                 if type(value) is Global and value.handler is None:
                     self.called(value)
-                else:
+                elif type(value) is Instance:
                     self.actions.append(f"sets {key} of a {target.type_name} to {_what(value)}")
 
     def unsafe_reasons(self) -> list[str]:

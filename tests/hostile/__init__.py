@@ -1,1 +1,1 @@
-"""Builders of hostile and corrupt checkpoints, made at test time (nothing hostile is stored)."""
+"""Builders of the checkpoints the reader tests use - hostile, corrupt and ordinary - made at test time."""

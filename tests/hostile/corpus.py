@@ -1,4 +1,4 @@
-"""Hostile and corrupt checkpoints, built in a test's tmp_path.
+"""Hostile and corrupt checkpoints, built in a test's tmp_path (and two helpers for ordinary ones).
 
 Every code-execution payload, unpickled by `pickle.loads` or `torch.load(weights_only=False)`,
 creates its marker file; `test_readers_hostile.py` proves that (a control run) and then that the
@@ -156,3 +156,26 @@ def patch_uncompressed_size(path: Path, member: str, size: int) -> None:
             struct.pack_into("<L", raw, pos + 24, size)
         pos += 46 + name_len + extra_len + comment_len
     path.write_bytes(bytes(raw))
+
+
+def write_safetensors(path: Path, state: dict, metadata: dict | None = None) -> Path:
+    """`state`'s tensors as a safetensors file (non-tensor values dropped, shared storage copied)."""
+    import torch
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().clone().contiguous() for k, v in state.items() if isinstance(v, torch.Tensor)}
+    save_file(tensors, str(path), metadata=metadata)
+    return path
+
+
+def build_variant(name: str):
+    """A live model of a built-in variant (`ctvit/tiny`), seeded so repeated builds agree."""
+    import torch
+
+    from registry.catalog import get_builtin_variant
+    from registry.families import get_family, make_config
+
+    variant = get_builtin_variant(name)
+    family = get_family(variant.family)
+    torch.manual_seed(0)
+    return family.build(make_config(family, variant.config))
