@@ -1,6 +1,6 @@
 """Hostile checkpoints: nothing in them ever runs (issue 3, DESIGN §4).
 
-The corpus is built here, in tmp_path: seventeen code-execution techniques as torch zip
+The corpus is built here, in tmp_path: eighteen code-execution techniques as torch zip
 checkpoints, several as legacy torch files, plus payloads hidden under a non-tensor key, in a
 legacy file's sys_info, inside bytes that torch.storage._load_from_bytes would load, in a second
 pickle inside the zip, and in a pickle named .safetensors. Each payload creates a marker file

@@ -35,6 +35,7 @@ class TrainConfig:
     def __init__(self):
         self.lr = 1e-4
         self.layers = [2, 2]
+        self.add = True  # plain data under a name an unpickler could call: harmless
 
 
 def save(path, obj):

@@ -59,6 +59,9 @@ def payloads(marker: Path, helper_module: str = "evil_helpers") -> dict[str, tup
         "protocol0-obj": (b"(cos\nsystem\nS'" + cmd.encode() + b"'\no.", "os.system"),
         "build-setstate": (b"\x80\x02" + glob("argparse", "Namespace") + b")\x81N}" + text("__setstate__")
                            + glob("os", "system") + b"s" + two + b"b" + text(cmd) + b"b.", "os.system"),
+        "append-attribute": (b"\x80\x02" + glob("argparse", "Namespace") + b")\x81N}" + text("append")
+                             + glob(helper_module, "run") + b"s" + two + b"b" + text(cmd) + b"a.",
+                             f"{helper_module}.run"),
         "stack-global-protocol4": (b"\x80\x04" + short("os") + short("system") + b"\x93" + text(cmd) + one + b"R.",
                                    "os.system"),
         "dotted-name-through-pathlib": (b"\x80\x04" + short("pathlib") + short("os.system") + b"\x93" + text(cmd)
