@@ -20,7 +20,7 @@ REGISTRY_KEY = "registry"  # top-level key (torch) or __metadata__ key (safetens
 
 
 def _container(obj: Any, container: str | None, path: str) -> Mapping[str, Any]:
-    for key in (container.split(".") if container else []):
+    for key in (container.split("/") if container else []):  # the reader joins nested keys with "/"
         if not isinstance(obj, Mapping) or key not in obj:
             raise CheckpointError(f"{path}: container {container!r} not found while loading")
         obj = obj[key]
