@@ -43,14 +43,6 @@ class Conversion:
         return dict(self.__dict__)
 
 
-def source_step(info: CheckpointInfo) -> int | None:
-    """The training step a checkpoint records, if any (our metadata first, then common keys)."""
-    embedded = info.metadata.get("registry")
-    candidates = [embedded.get("step") if isinstance(embedded, dict) else None]
-    candidates += [info.metadata.get(key) for key in ("step", "global_step")]
-    return next((int(v) for v in candidates if isinstance(v, int) and not isinstance(v, bool)), None)
-
-
 def converted_state_dict(reg: Any, info: CheckpointInfo, variant: str, renames: RenameRules | None = None) -> tuple[dict, str, bool]:
     """The state dict of `info` converted for `variant`, the method used, and whether it is exact.
 
@@ -108,7 +100,7 @@ def convert_checkpoint(
         raise ConversionError(
             f"conversion produced {short_form(fingerprint)}, not {to}'s {short_form(target_sv.fingerprint)}; nothing written"
         )
-    step = source_step(info)
+    step = info.step
     metadata = {
         "variant": to,
         "family": variant.family,
