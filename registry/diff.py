@@ -155,6 +155,12 @@ def _pattern_summary(names: list[str]) -> str:
     return "; ".join(shown)
 
 
+def _module_patterns(paths: Iterable[str], limit: int = 3) -> str:
+    """Module paths (no leaf) summarised as patterns: `enc_*_transformer.layers.{0..3}.1.norm`."""
+    patterns = compress_names(f"{p}.x" for p in paths)  # a dummy leaf, so the whole path is the module
+    return "; ".join(p.removesuffix(".x") for p, _ in patterns[:limit])
+
+
 def _shape_text(shape: tuple[int, ...]) -> str:
     return "[" + ",".join(map(str, shape)) + "]"
 
@@ -251,8 +257,7 @@ def diff_schemas(
         suffix_groups[key].append(module)
     for (old_leaves, new_leaves), modules in sorted(suffix_groups.items(), key=lambda kv: -len(kv[1])):
         names = [f"{m}.{leaf}" for m in modules for leaf in new_leaves]
-        pattern = compress_names(f"{m}.x" for m in modules)
-        where = "; ".join(p.removesuffix(".x") for p, _ in pattern[:3])
+        where = _module_patterns(modules)
         count = len(modules) * (len(old_leaves) + len(new_leaves))
         diff.groups.append(
             DiffGroup(
@@ -371,7 +376,7 @@ def diff_signatures(expected: ModuleSignature, actual: ModuleSignature) -> list[
         if exp[path] != act[path]:
             changed[(exp[path], act[path])].append(path)
     for (old, new), paths in sorted(changed.items(), key=lambda kv: -len(kv[1])):
-        where = "; ".join(p.removesuffix(".x") for p, _ in compress_names(f"{p}.x" for p in paths)[:3])
+        where = _module_patterns(paths)
         groups.append(
             DiffGroup(
                 "class",
@@ -383,6 +388,6 @@ def diff_signatures(expected: ModuleSignature, actual: ModuleSignature) -> list[
         )
     for kind, paths in (("removed", sorted(set(exp) - set(act))), ("added", sorted(set(act) - set(exp)))):
         if paths:
-            where = "; ".join(p.removesuffix(".x") for p, _ in compress_names(f"{p}.x" for p in paths)[:3])
+            where = _module_patterns(paths)
             groups.append(DiffGroup(kind, f"{len(paths)} module{'s' if len(paths) > 1 else ''} {kind}: {where}", len(paths), tuple(paths)))
     return groups

@@ -249,7 +249,7 @@ def _from_converters(reg: Any, info: CheckpointInfo, result: MatchResult, scope:
     return False
 
 
-def _from_inference(info: CheckpointInfo, result: MatchResult, scope: Scope, path: str) -> bool:
+def _from_inference(info: CheckpointInfo, result: MatchResult, scope: Scope) -> bool:
     from .families import config_dict, families
 
     for family in families():
@@ -323,7 +323,7 @@ def match_checkpoint(
     for step in (_from_embedded, _from_record, _from_fingerprint, _from_converters):
         if step(reg, info, result, scope):
             return result
-    if _from_inference(info, result, scope, path):
+    if _from_inference(info, result, scope):
         return result
     _nearest(reg, info, result, scope, path, nearest)
     return result
