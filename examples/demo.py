@@ -1,8 +1,15 @@
-"""`make demo`: the registry end to end on the embedded SQLite default, in a fresh temporary folder.
+"""`make demo`: both incidents of `../shared/incidents/`, end to end, on the embedded SQLite default.
 
-Every step is a real `registry` command, printed before it runs, so the transcript doubles as a
-tour of the command line. The database is a new SQLite file (REGISTRY_DB points at it), so the
-demo never touches your own registry.
+Runs in a fresh temporary folder with a new SQLite database (REGISTRY_DB points at it), so it
+never touches your own registry. Every step is a real `registry` command, printed before it runs:
+
+1. a tiny baseline CTViT trains; the code's default moves to the optimized CTViT; the requeued
+   job resumes and the registry picks the baseline build the checkpoint needs (incident 1's
+   job would have failed, or worse); `registry check` catches the planted RMSNorm bug;
+2. a tiny LDM UNet trains; the new diffusers UNet refuses its checkpoint (the diff says why);
+   `registry convert` turns it into the diffusers layout, and training of the diffusers UNet
+   resumes at the LDM run's step, not at step 0 (incident 2's trainer started over);
+3. `registry audit` shows which runs used which architecture, the resume chains and conversions.
 """
 
 from __future__ import annotations
@@ -12,68 +19,92 @@ import shlex
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 REGISTRY = str(Path(sys.executable).with_name("registry"))
+PLANTED = str(Path(__file__).with_name("planted_change.py"))
 
 
 def step(title: str) -> None:
     print(f"\n=== {title}", flush=True)
 
 
-def run(*args: str, expect: int = 0, env: dict[str, str]) -> str:
+def run(*args: str, expect: int = 0, env: dict[str, str], command: list[str] | None = None) -> str:
     print(f"$ registry {shlex.join(args)}", flush=True)
-    done = subprocess.run([REGISTRY, *args], env=env, capture_output=True, text=True)
+    done = subprocess.run([*(command or [REGISTRY]), *args], env=env, capture_output=True, text=True)
     print(done.stdout, end="", flush=True)
-    print(done.stderr, end="", file=sys.stderr, flush=True)
+    print(done.stderr, end="", flush=True)
     if done.returncode != expect:
         sys.exit(f"demo failed: `registry {shlex.join(args)}` exited {done.returncode}, expected {expect}")
     return done.stdout
 
 
-def save_tiny_checkpoint(path: Path) -> None:
-    """A CT-CLIP-style file: a tiny CTViT under `visual_transformer.` beside other models' keys."""
+def naive_load(ldm_checkpoint: Path) -> None:
+    """What incident 2's trainer did: strict-load the LDM weights into diffusers' UNet."""
     import torch
 
     from registry.catalog import get_builtin_variant
     from registry.families import get_family, make_config
 
-    variant = get_builtin_variant("ctvit/tiny-ctclip")
+    variant = get_builtin_variant("diffusers-unet/tiny")
     family = get_family(variant.family)
-    model = family.build(make_config(family, variant.config))
-    state = {f"visual_transformer.{k}": v for k, v in model.state_dict().items()}
-    state["temperature"] = torch.tensor(1.0)
-    state["to_text_latent.weight"] = torch.zeros(16, 24)
-    torch.save(state, path)
+    unet = family.build(make_config(family, variant.config))
+    state = torch.load(ldm_checkpoint, weights_only=True)["model"]
+    try:
+        unet.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        missing = sorted(set(unet.state_dict()) - set(state))
+        unexpected = sorted(set(state) - set(unet.state_dict()))
+        print(f"torch: {str(exc).splitlines()[0]} {len(missing)} missing keys (e.g. {missing[0]}), "
+              f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+        print("       incident 2's trainer caught this error and silently started again from step 0")
 
 
 def main() -> None:
+    started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="registry-demo-") as workdir:
-        env = {**os.environ, "REGISTRY_DB": f"sqlite:///{workdir}/registry.db"}
-        step("The model families the registry can build (no database needed)")
-        run("families", env=env)
+        work = Path(workdir)
+        env = {**os.environ, "REGISTRY_DB": f"sqlite:///{work / 'registry.db'}"}
+        ctvit_runs, ldm_runs, unet_runs = work / "runs" / "ctvit", work / "runs" / "ldm", work / "runs" / "unet"
 
-        step("Create the registry (SQLite, embedded) and register every built-in variant")
+        step("Create the registry (embedded SQLite) and register every built-in variant")
         run("init", env=env)
-        run("info", env=env)
 
-        step("Every built-in variant with its fingerprint (schema-equivalent variants share one)")
-        run("variants", "list", env=env)
+        print("\n##### Incident 1: the CTViT whose layout moved under a running project")
+        step("Train a tiny baseline CTViT for 6 steps, checkpointing every 3")
+        run("train", "--variant", "ctvit/tiny", "--out", str(ctvit_runs), "--steps", "6", "--every", "3", env=env)
 
-        step("What separates the baseline CTViT from the optimized one")
-        run("variants", "diff", "ctvit/baseline", "ctvit/optimized", env=env)
+        latest = ctvit_runs / "step-00000006.pt"
+        step("The code's default is now the optimized CTViT: it cannot load the checkpoint, and the diff says why")
+        run("match", str(latest), "--variant", "ctvit/tiny-optimized", expect=1, env=env)
 
-        step("CI's drift check: the current code still builds every registered layout")
-        run("check", env=env)
+        step("The requeued job resumes with `--resume latest`: the registry picks the build the checkpoint needs")
+        run("train", "--family", "ctvit", "--out", str(ctvit_runs), "--steps", "9", "--every", "3", "--resume", "latest", env=env)
 
-        checkpoint = Path(workdir) / "ctclip_tiny.pt"
-        save_tiny_checkpoint(checkpoint)
-        step("Fingerprint a CT-CLIP-style checkpoint without running its pickle or reading tensor data")
-        run("fingerprint", str(checkpoint), env=env)
+        step("A commit hard-codes RMSNorm in Attention (the incident's bug): CI's `registry check` fails on it")
+        run("check", "ctvit/tiny", "ctvit/tiny-optimized", expect=1, env=env, command=[sys.executable, PLANTED])
 
-        step("Which registered build loads it: the CTViT under visual_transformer.")
-        run("match", str(checkpoint), env=env)
-    print("\ndemo finished")
+        print("\n##### Incident 2: LDM checkpoints and the move to diffusers' UNet")
+        step("Train a tiny LDM-layout UNet for 4 steps")
+        run("train", "--variant", "ldm-unet/tiny", "--out", str(ldm_runs), "--steps", "4", "--every", "2", env=env)
+        ldm_checkpoint = ldm_runs / "step-00000004.pt"
+
+        step("The diffusers UNet refuses the LDM checkpoint as it is")
+        naive_load(ldm_checkpoint)
+        run("variants", "diff", "ldm-unet/tiny", "diffusers-unet/tiny", env=env)
+
+        step("The registry knows a converter: the checkpoint is convertible, and the conversion is verified")
+        run("match", str(ldm_checkpoint), "--family", "diffusers-unet", env=env)
+        run("convert", str(ldm_checkpoint), "--to", "diffusers-unet/tiny", "-o", str(work / "unet_step4.safetensors"), env=env)
+
+        step("Resume training as a diffusers UNet at the LDM run's step (converted in memory, AdamW state carried)")
+        run("train", "--family", "diffusers-unet", "--out", str(unet_runs), "--steps", "8", "--every", "4",
+            "--resume", str(ldm_checkpoint), env=env)
+
+        step("Which runs used which architecture: resume chains and conversions")
+        run("audit", env=env)
+    print(f"\ndemo finished in {time.monotonic() - started:.0f} s")
 
 
 if __name__ == "__main__":

@@ -145,9 +145,13 @@ class TrackingMixin:
         code_revision: str | None = None,
         resumed_from_checkpoint_id: int | None = None,
         parent_run_id: str | None = None,
+        resume_details: dict[str, Any] | None = None,
     ) -> RunRecord:
         """Record a new run (status `running`); returns it. Its id is 16 hex digits of a UUID4.
 
+        `resume_details` records how the run took its weights, in the same transaction:
+        `{"conversion": {...}}` (an in-memory conversion) adds a `checkpoint.convert` event,
+        `{"warm_start": {...}}` (a partial load) a `run.warm_start` event.
         Raises `UsageError` for an unknown variant.
         """
 
@@ -164,6 +168,13 @@ class TrackingMixin:
             self._event(session, "run.start", f"run {row.id}", variant_name, run_id=row.id, host=host, user=user,
                         scheduler_job_id=scheduler_job_id, world_size=world_size,
                         resumed_from_checkpoint_id=resumed_from_checkpoint_id, parent_run_id=parent_run_id)
+            details = resume_details or {}
+            if "conversion" in details:
+                self._event(session, "checkpoint.convert", f"run {row.id}", variant_name, run_id=row.id,
+                            checkpoint_id=resumed_from_checkpoint_id, **details["conversion"])
+            if "warm_start" in details:
+                self._event(session, "run.warm_start", f"run {row.id}", variant_name, run_id=row.id,
+                            checkpoint_id=resumed_from_checkpoint_id, **details["warm_start"])
             return self._run_record(session, row)
 
         return self._write(work)

@@ -1,0 +1,199 @@
+"""Decide what a resumed job builds and loads: match → build → strict load, or refuse with the diff.
+
+The trainer never starts from scratch behind the user's back (the second incident): a checkpoint
+that no registered build loads exactly, and no converter turns into one, stops the job with the
+diff. `allow_partial=True` is the one explicit way to warm-start from the tensors that fit, and
+every tensor that was not loaded is listed.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from registry.errors import RegistryError, UsageError
+from registry.matching import AMBIGUOUS, CONVERTIBLE, EXACT, INFERRED, MatchResult, match_checkpoint
+from registry.readers import CheckpointInfo, read_checkpoint
+
+from .checkpoints import TrainingState, read_training_state
+
+TORCH_FORMATS = ("torch-zip", "torch-legacy")
+
+
+class ResumeRefused(RegistryError):
+    """No registered build loads the checkpoint as it is: a negative answer (exit 1).
+
+    `details` holds the diff and the suggested commands, one line each.
+    """
+
+    exit_code = 1
+
+    def __init__(self, message: str, *, details: list[str] | None = None, hint: str | None = None):
+        super().__init__(message, hint=hint)
+        self.details = details or []
+
+
+@dataclass
+class PartialLoad:
+    """What `--allow-partial` did: the build's entries left at their fresh initialisation."""
+
+    not_loaded: list[str]  # entries of the model not taken from the checkpoint (missing or shape differs)
+    ignored: list[str]  # entries of the checkpoint the model has no place for
+    shape_mismatch: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = field(default_factory=dict)
+
+
+@dataclass
+class ResumePlan:
+    """Everything a trainer needs to continue from a checkpoint."""
+
+    source: str
+    info: CheckpointInfo
+    match: MatchResult
+    variant: str
+    family: str
+    config: dict[str, Any]
+    schema_version_id: int
+    state_dict: dict[str, Any]
+    step: int
+    training: TrainingState
+    conversion: dict[str, Any] | None = None  # converter, exact, source fingerprint (in-memory conversion)
+    partial: PartialLoad | None = None
+    parent_run_id: str | None = None
+
+    @property
+    def strict(self) -> bool:
+        return self.partial is None
+
+
+def _refuse(info: CheckpointInfo, match: MatchResult) -> ResumeRefused:
+    details = match.diff.lines(limit=8) if match.diff else []
+    details += [f"suggestion: {s}" for s in match.suggestions]
+    if match.status == AMBIGUOUS:
+        names = ", ".join(sorted({c.variant for c in match.candidates}))
+        return ResumeRefused(f"{info.path}: several variants build this checkpoint ({names}); nothing was trained",
+                             details=details, hint="choose one with --variant")
+    if match.status == INFERRED:
+        return ResumeRefused(
+            f"{info.path}: an unregistered {match.family} config rebuilds this checkpoint; nothing was trained",
+            details=details, hint="register it with the suggested `registry variants add`, then resume again",
+        )
+    best = f" (nearest: {match.candidates[0].variant})" if match.candidates else ""
+    return ResumeRefused(
+        f"{info.path}: no registered build loads this checkpoint{best}; nothing was trained",
+        details=details, hint="convert it (see the suggestion), or pass --allow-partial to warm-start from the tensors that fit",
+    )
+
+
+def _parent_run(reg: Any, info: CheckpointInfo) -> str | None:
+    """The run that wrote the checkpoint: its embedded run id, else the registry's record of the file."""
+    embedded = info.metadata.get("registry")
+    run_id = embedded.get("run_id") if isinstance(embedded, dict) else None
+    if isinstance(run_id, str) and reg.get_run(run_id) is not None:
+        return run_id
+    stat = os.stat(info.path)
+    record = reg.find_checkpoint(os.path.abspath(info.path), stat.st_size, stat.st_mtime)
+    return record.run_id if record is not None else None
+
+
+def _model_parameter_names(family_name: str, config: dict[str, Any]) -> list[str]:
+    from registry.families import build_on_meta, get_family, make_config
+
+    family = get_family(family_name)
+    return [name for name, _ in build_on_meta(family, make_config(family, config)).named_parameters()]
+
+
+def _converted(reg: Any, info: CheckpointInfo, match: MatchResult, training: TrainingState):
+    """The converted state dict, the conversion record, and the optimizer state carried across (or None)."""
+    from registry.convert import converted_state_dict
+    from registry.converters import converters
+    from registry.families import get_family, make_config
+    from registry.tensors import load_state_dict
+
+    from .optimizer_state import convert_optimizer_state
+
+    state, method, exact = converted_state_dict(reg, info, match.variant)
+    conversion = {"method": method, "exact": exact, "source": os.path.abspath(info.path),
+                  "source_fingerprint": info.schema.fingerprint, "in_memory": True}
+    optimizer = None
+    if training.optimizer is not None and training.optimizer_param_names and exact:
+        converter = next(c for c in converters() if c.name == match.converter)
+        source_config = make_config(get_family(converter.source_family), match.source_config)
+        optimizer = convert_optimizer_state(
+            training.optimizer, training.optimizer_param_names, load_state_dict(info, prefix=match.prefix),
+            lambda moments: converter.convert_state_dict(moments, source_config),
+            _model_parameter_names(match.family, match.config),
+        )
+    return state, conversion, TrainingState(optimizer, None, training.rng)
+
+
+def _partial(reg: Any, info: CheckpointInfo, match: MatchResult, variant: str | None) -> tuple[Any, dict, PartialLoad]:
+    """The target variant's record, the tensors that fit it, and what was left out."""
+    from registry.tensors import load_state_dict
+
+    target = variant or (match.candidates[0].variant if match.candidates else None)
+    if target is None:
+        raise ResumeRefused(f"{info.path}: --allow-partial needs a build to warm-start, and no registered schema is near",
+                            hint="name one with --variant")
+    record = reg.require_variant(target)
+    expected = reg.load_schema(reg.latest_schema_version(target).id)
+    wanted = {e.name: e.shape for e in expected}
+    state = load_state_dict(info)
+    fits = {name: t for name, t in state.items() if name in wanted and tuple(t.shape) == tuple(wanted[name])}
+    mismatch = {name: (tuple(state[name].shape), tuple(shape)) for name, shape in wanted.items()
+                if name in state and name not in fits}
+    partial = PartialLoad(
+        not_loaded=sorted(set(wanted) - set(fits)),
+        ignored=sorted(set(state) - set(wanted)),
+        shape_mismatch=mismatch,
+    )
+    return record, fits, partial
+
+
+def plan_resume(
+    reg: Any,
+    path: str,
+    *,
+    family: str | None = None,
+    variant: str | None = None,
+    allow_partial: bool = False,
+    allow_unsafe: bool = False,
+) -> ResumePlan:
+    """Match `path` and prepare what to build and load; nothing is written.
+
+    `family`/`variant` restrict which builds may load it (a diffusers-UNet job asks for
+    `family="diffusers-unet"`, so an LDM checkpoint is converted in memory). Raises
+    `ResumeRefused` (exit 1) when no registered build loads it exactly or through an exact
+    converter — unless `allow_partial`, which warm-starts the named (or nearest) variant from the
+    tensors that fit, at step 0 with a fresh optimizer. Raises `CheckpointError` (exit 3) for an
+    unreadable file.
+    """
+    from registry.tensors import load_state_dict
+
+    if variant is not None:
+        known = reg.require_variant(variant)
+        if family is not None and known.family != family:
+            raise UsageError(f"variant {variant} is a {known.family}, not a {family}")
+    info = read_checkpoint(path, allow_unsafe=allow_unsafe)
+    match = match_checkpoint(reg, info, family=family, variant=variant)
+    training = read_training_state(path) if info.format in TORCH_FORMATS else TrainingState(None, None, None)
+    step = info.step or 0
+    conversion = partial = None
+    if match.status == EXACT:
+        state = load_state_dict(info, prefix=match.prefix)
+        if match.prefix:  # a sub-model's optimizer state is not ours to take
+            training = TrainingState(None, None, training.rng)
+    elif match.status == CONVERTIBLE:
+        state, conversion, training = _converted(reg, info, match, training)
+    elif allow_partial and match.status not in (AMBIGUOUS, INFERRED):
+        record, state, partial = _partial(reg, info, match, variant)
+        match.variant, match.family, match.config = record.name, record.family, record.config
+        match.schema_version_id = reg.latest_schema_version(record.name).id
+        training, step = TrainingState(None, None, None), 0
+    else:
+        raise _refuse(info, match)
+    return ResumePlan(
+        source=os.path.abspath(path), info=info, match=match, variant=match.variant, family=match.family,
+        config=match.config, schema_version_id=match.schema_version_id, state_dict=state, step=step,
+        training=training, conversion=conversion, partial=partial, parent_run_id=_parent_run(reg, info),
+    )
