@@ -41,10 +41,15 @@ def test_wheel_ships_models_migrations_and_cli_under_registry(wheel_names):
     assert "registry/models/ldm_unet.py" in names
     assert "registry/migrations/env.py" in names
     assert any(n.startswith("registry/migrations/versions/") and n.endswith(".py") for n in names)
-    # The repository root is mapped to `registry.command` for cli.py alone: nothing else may ride along.
+    # The repository root is mapped to `registry.command` for cli.py and the command modules in
+    # commands/ alone: nothing else from the root (tests, benchmarks, examples ...) may ride along.
+    commands = sorted(f"registry/command/commands/{p.name}" for p in (ROOT / "commands").glob("*.py"))
+    assert {"registry/command/commands/__init__.py", "registry/command/commands/_output.py",
+            "registry/command/commands/audit.py"} <= set(commands)
     assert sorted(n for n in names if n.startswith("registry/command/")) == [
         "registry/command/__init__.py",
         "registry/command/cli.py",
+        *commands,
     ]
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     assert entry_points

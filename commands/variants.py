@@ -1,0 +1,193 @@
+"""Registered variants (`variants list|show|add|bump|diff`) and `check`, which catches a layout
+that moved in the code (library: `registry.store.variants`, `registry.diff`, `registry.drift`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from ._output import echo_table, emit_json, json_option, open_registry_from, short_fingerprint
+
+
+@click.group("variants")
+def variants_group() -> None:
+    """Registered variants: list, show, add, bump."""
+
+
+@variants_group.command("list")
+@click.option("--family", help="Only this family's variants.")
+@json_option
+@click.pass_context
+def variants_list_command(ctx: click.Context, family: str | None, as_json: bool) -> None:
+    """List the registered variants with their latest schema version.
+
+    \b
+    Example:
+      registry variants list --family ctvit
+    """
+    with open_registry_from(ctx) as reg:
+        variants = reg.list_variants(family)
+    if as_json:
+        emit_json([v.as_dict() for v in variants])
+        return
+    if not variants:
+        click.echo("no variants registered (`registry init` registers the built-in ones)", err=True)
+        return
+    echo_table(["variant", "family", "version", "fingerprint", "description"],
+               [[v.name, v.family, v.latest_version or "-", short_fingerprint(v.latest_fingerprint), v.description]
+                for v in variants])
+
+
+@variants_group.command("show")
+@click.argument("name")
+@click.option("--entries", is_flag=True, help="Print every tensor entry of the latest schema version.")
+@json_option
+@click.pass_context
+def variants_show_command(ctx: click.Context, name: str, entries: bool, as_json: bool) -> None:
+    """Show a variant: config and every schema version.
+
+    \b
+    Example:
+      registry variants show ctvit/baseline --entries
+    """
+    with open_registry_from(ctx) as reg:
+        variant = reg.require_variant(name)
+        versions = reg.schema_versions(name)
+        schema = reg.load_schema(versions[-1].id) if entries and versions else None
+    if as_json:
+        data = {"variant": variant.as_dict(), "versions": [v.as_dict() for v in versions]}
+        if schema is not None:
+            data["entries"] = schema.as_rows()
+        emit_json(data)
+        return
+    click.echo(f"variant      {variant.name}")
+    click.echo(f"family       {variant.family}")
+    click.echo(f"description  {variant.description}")
+    click.echo(f"config       {variant.config_json}")
+    echo_table(["version", "fingerprint", "entries", "code revision", "created"],
+               [[v.version, short_fingerprint(v.fingerprint), v.entry_count, (v.code_revision or "-")[:12],
+                 v.created_at.strftime("%Y-%m-%d %H:%M")] for v in versions])
+    if schema is not None:
+        for name_, shape, dtype in schema.as_rows():
+            click.echo(f"  {name_}\t[{','.join(map(str, shape))}]\t{dtype}")
+
+
+def _echo_outcome(outcome: Any) -> None:
+    version = outcome.version
+    click.echo(f"{outcome.status}: {outcome.variant.name} version {version.version} {short_fingerprint(version.fingerprint)}")
+
+
+@variants_group.command("add")
+@click.argument("name")
+@click.option("--family", "family_name", required=True, help="The family that builds it (see `registry families`).")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML or JSON file of config values.")
+@click.option("--set", "assignments", multiple=True, metavar="KEY=VALUE", help="Override one config value (repeatable).")
+@click.option("--description", default="", help="One line saying what the variant is for.")
+@json_option
+@click.pass_context
+def variants_add_command(ctx: click.Context, name: str, family_name: str, config_file: str | None,
+                         assignments: tuple[str, ...], description: str, as_json: bool) -> None:
+    """Register variant NAME (`family/` is prefixed when missing) with its first schema version.
+
+    \b
+    Example:
+      registry variants add ctvit/wide --family ctvit --set dim=768
+    """
+    from registry.configs import config_from_options
+    from registry.store.variants import add_variant
+
+    family, config = config_from_options(family_name, None, config_file, assignments)
+    full_name = name if "/" in name else f"{family.name}/{name}"
+    with open_registry_from(ctx) as reg:
+        outcome = add_variant(reg, full_name, family.name, config, description)
+    if as_json:
+        emit_json(outcome.as_dict())
+        return
+    _echo_outcome(outcome)
+
+
+@variants_group.command("bump")
+@click.argument("name")
+@json_option
+@click.pass_context
+def variants_bump_command(ctx: click.Context, name: str, as_json: bool) -> None:
+    """Record what the current code builds for NAME as a new schema version (after an intended change).
+
+    \b
+    Example:
+      registry variants bump ctvit/baseline
+    """
+    from registry.store.variants import bump_variant
+
+    with open_registry_from(ctx) as reg:
+        outcome = bump_variant(reg, name)
+    if as_json:
+        emit_json(outcome.as_dict())
+        return
+    _echo_outcome(outcome)
+
+
+@variants_group.command("diff")
+@click.argument("old")
+@click.argument("new")
+@json_option
+@click.pass_context
+def variants_diff_command(ctx: click.Context, old: str, new: str, as_json: bool) -> None:
+    """Show the grouped differences from variant OLD's latest schema to variant NEW's.
+
+    \b
+    Example:
+      registry variants diff ctvit/baseline ctvit/optimized
+    """
+    from registry.diff import diff_schemas
+    from registry.errors import RegistryError
+
+    with open_registry_from(ctx, readonly=True) as reg:
+        schemas = []
+        for name in (old, new):
+            reg.require_variant(name)
+            latest = reg.latest_schema_version(name)
+            if latest is None:
+                raise RegistryError(f"variant {name!r} has no schema version", hint="run `registry init`")
+            schemas.append(reg.load_schema(latest.id))
+    diff = diff_schemas(schemas[1], schemas[0], missing_label=f"only in {new}", unexpected_label=f"only in {old}")
+    if as_json:
+        emit_json({"old": old, "new": new, **diff.to_json()})
+    elif diff.identical:
+        click.echo(f"{old} and {new} have the same schema")
+    else:
+        click.echo(f"{old} → {new}: {diff.matching} entries equal, score {diff.score:.3f}")
+        for line in diff.lines(limit=50):
+            click.echo(f"  {line}")
+
+
+@click.command("check")
+@click.argument("variants", nargs=-1)
+@json_option
+@click.pass_context
+def check_command(ctx: click.Context, variants: tuple[str, ...], as_json: bool) -> None:
+    """Rebuild every registered variant from the current code; exit 1 if any layout moved.
+
+    Compares each variant's fingerprint (names and shapes) and module signature (module classes)
+    with its latest schema version, and names the package versions that changed. Meant for CI.
+
+    \b
+    Examples:
+      registry check
+      registry check ctvit/baseline --json
+    """
+    from registry.drift import check_all
+
+    with open_registry_from(ctx, readonly=True) as reg:
+        reports = check_all(reg, list(variants) or None)
+    drifted = [r for r in reports if r.status != "ok"]
+    if as_json:
+        emit_json({"ok": not drifted, "variants": [r.to_json() for r in reports]})
+    else:
+        for report in drifted:
+            for line in report.lines():
+                click.echo(line)
+        click.echo(f"{len(reports) - len(drifted)} of {len(reports)} variants unchanged"
+                   + (f", {len(drifted)} drifted" if drifted else ""))
+    ctx.exit(1 if drifted else 0)
