@@ -64,5 +64,9 @@ def wrap(ranks: RankInfo, model: Any) -> Any:
         return model
     from torch.nn.parallel import DistributedDataParallel
 
+    for parameter in model.parameters():  # DDP's gradient buckets assume contiguous parameters
+        if not parameter.is_contiguous():
+            parameter.data = parameter.data.contiguous()
+
     # Not every parameter takes part in every loss (e.g. the GAN parts of a CTViT without a GAN loss).
     return DistributedDataParallel(model, find_unused_parameters=True)

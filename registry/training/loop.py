@@ -57,6 +57,7 @@ class TrainResult:
     partial: PartialLoad | None = None
     checkpoints: list[str] = field(default_factory=list)
     signal: str | None = None
+    rank: int = 0  # under torchrun only rank 0 reports
 
     @property
     def exit_code(self) -> int:
@@ -249,7 +250,7 @@ def _train(spec: TrainSpec, reg: Any, ranks: RankInfo, log: Callable[[str], None
         model = _build(family, start.config, spec.seed)
     result = TrainResult(UP_TO_DATE, start.variant, start.family, start.step, start.step, start.run_id,
                          resumed_from=plan.source if plan else None, conversion=plan.conversion if plan else None,
-                         partial=plan.partial if plan else None)
+                         partial=plan.partial if plan else None, rank=ranks.rank)
     if start.step >= spec.steps:
         log(f"{start.variant} is already at step {start.step} (--steps {spec.steps}): nothing to train")
         return result

@@ -57,7 +57,7 @@ def record_checkpoint(reg: Any, path: Path, *, fingerprint: str, step: int, sche
                       run_id: str) -> None:
     stat = os.stat(path)
     reg.register_checkpoint(
-        str(path.resolve()), size=stat.st_size, mtime=stat.st_mtime, format="torch-zip", container="model",
+        os.path.abspath(path), size=stat.st_size, mtime=stat.st_mtime, format="torch-zip", container="model",
         wrapper=None, prefix="", fingerprint=fingerprint, step=step, schema_version_id=schema_version_id,
         run_id=run_id,
     )
