@@ -5,6 +5,7 @@ Real tiny models, real SQLite registries, and real processes for kill -9 and SIG
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -14,8 +15,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from click.testing import CliRunner
 
 from registry.catalog import get_builtin_variant
+from registry.command.cli import main
 from registry.families import get_family, make_config
 from registry.schema import schema_of_state_dict
 from registry.store import open_registry
@@ -144,6 +147,15 @@ def test_an_ldm_run_resumes_as_a_diffusers_run_at_its_step_converted_in_memory(d
         ]
         written = reg.list_checkpoints(run_id=resumed.run_id)
         assert [(c.step, c.variant) for c in written] == [(5, "diffusers-unet/tiny")]
+
+    # `registry audit` shows the LDM run and the diffusers run as one resume chain, and the conversion.
+    audit = json.loads(CliRunner().invoke(main, ["--db", db, "audit", "--json"]).stdout)
+    [chain] = audit["chains"]
+    assert chain["root"] == ldm_run.run_id
+    assert [r["variant"] for r in chain["runs"]] == ["ldm-unet/tiny", "diffusers-unet/tiny"]
+    assert [(c["run_id"], c["in_memory"], c["variant"]) for c in audit["conversions"]] == [
+        (resumed.run_id, True, "diffusers-unet/tiny")
+    ]
 
 
 def renamed_ctvit_checkpoint(path: Path) -> tuple[dict, list[str], list[str]]:
