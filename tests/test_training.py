@@ -20,12 +20,10 @@ from click.testing import CliRunner
 from registry.catalog import get_builtin_variant
 from registry.command.cli import main
 from registry.families import get_family, make_config
-from registry.schema import schema_of_state_dict
 from registry.store import open_registry
 from registry.store.variants import init_builtin_variants
-from registry.tensors import save_checkpoint
 from registry.training import EXIT_PREEMPTED, ResumeRefused, TrainSpec, plan_resume, train
-from registry.training.checkpoints import checkpoints_in, write_training_checkpoint
+from registry.training.checkpoints import checkpoints_in, remove_interrupted_writes
 
 VARIANTS = ["ctvit/tiny", "ctvit/tiny-swiglu", "ctvit/tiny-optimized", "ldm-unet/tiny", "diffusers-unet/tiny"]
 
@@ -272,6 +270,10 @@ def test_kill_9_during_a_checkpoint_write_leaves_the_previous_one_intact(tmp_pat
     assert [step for step, _ in checkpoints_in(out)] == [1]
     model, _ = trained_state(out / "step-00000001.pt")
     assert torch.equal(model["weight"], torch.ones(4, 4))
+
+    # The next job clears the dead writer's leftover (it could be gigabytes on a shared disk).
+    assert [p.name for p in remove_interrupted_writes(out)] == debris
+    assert sorted(p.name for p in out.iterdir()) == ["step-00000001.pt"]
 
 
 @pytest.mark.slow

@@ -10,6 +10,7 @@ RNG state).
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,8 @@ from registry.errors import CheckpointError
 from registry.tensors import save_checkpoint
 
 CHECKPOINT_NAME = re.compile(r"^step-(\d{8,})\.pt$")
+# `atomic_write`'s temporary name for a checkpoint: `.step-00000120.pt.tmp-<pid>-<random>`.
+INTERRUPTED_WRITE = re.compile(r"^\.step-\d{8,}\.pt\.tmp-(\d+)-[0-9a-f]+$")
 
 
 def checkpoint_path(out_dir: Path, step: int) -> Path:
@@ -57,6 +60,33 @@ def latest_checkpoint(out_dir: Path, readable: Callable[[Path], Any], warn: Call
     if candidates:
         raise CheckpointError(f"none of the {len(candidates)} checkpoints in {out_dir} can be read")
     return None
+
+
+def remove_interrupted_writes(out_dir: Path) -> list[Path]:
+    """Delete the temporary files that killed writers left in `out_dir`; returns what was removed.
+
+    A file whose writer (the pid in its name) still runs on this host is left alone. A
+    multi-gigabyte leftover per pre-emption would otherwise fill a shared disk.
+    """
+    removed = []
+    if not out_dir.is_dir():
+        return removed
+    for path in out_dir.iterdir():
+        match = INTERRUPTED_WRITE.match(path.name)
+        if match and not _running(int(match.group(1))):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 @dataclass(frozen=True)

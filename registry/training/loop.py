@@ -17,7 +17,7 @@ from typing import Any, Callable
 from registry.errors import RegistryError, UsageError
 
 from . import distributed
-from .checkpoints import latest_checkpoint, write_training_checkpoint
+from .checkpoints import latest_checkpoint, remove_interrupted_writes, write_training_checkpoint
 from .environment import RankInfo
 from .recording import record_checkpoint, start_run
 from .resume import PartialLoad, ResumePlan, ResumeRefused, plan_resume
@@ -145,6 +145,8 @@ def _decide(reg: Any, spec: TrainSpec, ranks: RankInfo, log: Callable[[str], Non
     from registry.families import get_family
     from registry.schema import schema_of_module
 
+    for leftover in remove_interrupted_writes(Path(spec.out_dir)):
+        log(f"removed {leftover.name}, left by an interrupted checkpoint write")
     plan = _plan(reg, spec, log)
     if plan is None:
         variant, version = _fresh_variant(reg, spec)
