@@ -7,17 +7,32 @@ SQLite connections get WAL, a busy timeout and foreign keys; pysqlite's own tran
 is switched off (`isolation_level = None`) and SQLAlchemy's `begin` event emits the BEGIN itself,
 so a write session really starts with `BEGIN IMMEDIATE` (take the write lock first, wait on the
 busy timeout) instead of upgrading a read lock mid-transaction, which fails at once with
-"database is locked". PostgreSQL uses psycopg 3.
+"database is locked". Reads begin DEFERRED: under WAL they never wait for a writer. An SQLite
+file in a directory nobody can write (a read-only mount, mode 0555) with no `-wal`/`-shm`
+beside it is opened `immutable`: SQLite could not create the shared-memory file that WAL
+readers need, and no writer can exist; reads work and writes fail as read-only.
+
+PostgreSQL uses psycopg 3 without a connection pool (`NullPool`): each unit of work connects,
+so hundreds of mostly idle training jobs hold no server connection slots between writes, and a
+restarted server leaves no stale connection behind. Once a process has reached the server, a
+refused or dropped connection is retried with backoff for up to `REGISTRY_DB_RETRY_SECONDS`
+(default 30) while the server restarts; a first connection that is refused fails at once, since
+that is a wrong URL far more often than a restart.
 """
 
 from __future__ import annotations
 
 import os
+import random
+import time
+from collections.abc import Iterator
+from contextvars import ContextVar
 from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
+from sqlalchemy.pool import NullPool
 
 from registry.errors import DatabaseError, UsageError
 
@@ -27,6 +42,41 @@ DEFAULT_FILE = "registry.db"
 BUSY_TIMEOUT_SECONDS = 60.0
 # Execution option naming the BEGIN form a connection's transactions use on SQLite.
 BEGIN_OPTION = "registry_sqlite_begin"
+RETRY_ENV_VAR = "REGISTRY_DB_RETRY_SECONDS"
+DEFAULT_RETRY_SECONDS = 30.0
+# What a server says while it cannot take connections for a moment (starting, stopping, full).
+_TRANSIENT_CONNECT_TEXT = ("the database system is starting up", "the database system is shutting down",
+                           "the database system is in recovery mode", "too many clients",
+                           "remaining connection slots are reserved")
+
+
+# Set by a unit of work (`session.run_write`): its reconnects end by this `time.monotonic()` too.
+connect_deadline: ContextVar[float | None] = ContextVar("registry_connect_deadline", default=None)
+
+
+def retry_seconds() -> float:
+    """How long a lost server connection is retried: `REGISTRY_DB_RETRY_SECONDS`, default 30 (0: never).
+
+    Raises `UsageError` for a value that is not a non-negative number.
+    """
+    raw = os.environ.get(RETRY_ENV_VAR, "").strip()
+    if not raw:
+        return DEFAULT_RETRY_SECONDS
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:
+        raise UsageError(f"{RETRY_ENV_VAR} must be a number of seconds, not {raw!r}")
+    return value
+
+
+def backoff_delays(first: float = 0.1, cap: float = 2.0) -> Iterator[float]:
+    """Exponential backoff with jitter (so restarted servers are not hit by every job at once)."""
+    delay = first
+    while True:
+        yield delay * random.uniform(0.5, 1.0)
+        delay = min(delay * 2, cap)
 
 
 def default_db_path() -> Path:
@@ -102,34 +152,82 @@ def create_registry_engine(url: str, *, create_dirs: bool = True) -> Engine:
                     f"cannot create the directory of the registry database {path}: {exc.strerror or exc}",
                     hint="pass another location with --db or REGISTRY_DB",
                 ) from None
-        engine = create_engine(parsed, connect_args={"timeout": BUSY_TIMEOUT_SECONDS})
-        _install_sqlite_events(engine)
+        immutable = path is not None and _needs_immutable(path)
+        if immutable:
+            import sqlite3
+
+            target = f"{path.absolute().as_uri()}?immutable=1"
+            engine = create_engine(parsed, creator=lambda: sqlite3.connect(
+                target, uri=True, timeout=BUSY_TIMEOUT_SECONDS, check_same_thread=False))
+        else:
+            engine = create_engine(parsed, connect_args={"timeout": BUSY_TIMEOUT_SECONDS})
+        _install_sqlite_events(engine, immutable=immutable)
         return engine
     if name == "postgresql":
-        return create_engine(
+        engine = create_engine(
             parsed,
-            pool_pre_ping=True,
+            poolclass=NullPool,
             connect_args={"connect_timeout": 10, "application_name": APP_NAME},
         )
+        _install_reconnect(engine)
+        return engine
     raise UsageError(f"unsupported database backend {name!r}", hint="use sqlite:///PATH or postgresql://USER@HOST/DB")
 
 
-def _install_sqlite_events(engine: Engine) -> None:
+def _needs_immutable(path: Path) -> bool:
+    """True for an existing SQLite file that WAL readers could not open normally (see module doc).
+
+    Only when nobody can be writing it either: no `-wal`/`-shm` (no writer is connected) in a
+    directory on a read-only filesystem or with no write permission for anyone.
+    """
+    directory = path.parent
+    if not path.is_file() or os.access(directory, os.W_OK):
+        return False
+    if any(Path(f"{path}{suffix}").exists() for suffix in ("-wal", "-shm")):
+        return False
+    return bool(os.statvfs(directory).f_flag & os.ST_RDONLY) or directory.stat().st_mode & 0o222 == 0
+
+
+def _install_reconnect(engine: Engine) -> None:
+    """Retry a refused or dropped server connection with backoff once this engine has connected."""
+    reached = False
+    bound = retry_seconds()
+
+    @event.listens_for(engine, "do_connect")
+    def _connect(dialect, _record, cargs, cparams):
+        nonlocal reached
+        deadline = min(time.monotonic() + bound, connect_deadline.get() or float("inf"))
+        delays = backoff_delays()
+        while True:
+            try:
+                connection = dialect.loaded_dbapi.connect(*cargs, **cparams)
+            except dialect.loaded_dbapi.OperationalError as exc:
+                transient = reached or any(text in str(exc) for text in _TRANSIENT_CONNECT_TEXT)
+                delay = next(delays)
+                if not transient or time.monotonic() + delay > deadline:
+                    raise
+                time.sleep(delay)
+                continue
+            reached = True
+            return connection
+
+
+def _install_sqlite_events(engine: Engine, *, immutable: bool = False) -> None:
     @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_connection, _record) -> None:  # noqa: ANN001
+    def _on_connect(dbapi_connection, _record) -> None:
         # Hand transaction control to SQLAlchemy: pysqlite would otherwise BEGIN (deferred) by
         # itself before DML and never before SELECT.
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         cursor.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_SECONDS * 1000)}")
         mode = cursor.execute("PRAGMA journal_mode").fetchone()[0]
-        if str(mode).lower() != "wal":
+        if str(mode).lower() != "wal" and not immutable:
             cursor.execute("PRAGMA journal_mode = WAL")
         cursor.execute("PRAGMA synchronous = NORMAL")
         cursor.execute("PRAGMA foreign_keys = ON")
         cursor.close()
 
     @event.listens_for(engine, "begin")
-    def _on_begin(connection) -> None:  # noqa: ANN001
+    def _on_begin(connection) -> None:
         mode = connection.get_execution_options().get(BEGIN_OPTION, "DEFERRED")
         connection.exec_driver_sql(f"BEGIN {mode}")
