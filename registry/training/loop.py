@@ -122,7 +122,7 @@ def _build(family: Any, config: dict[str, Any], seed: int) -> Any:
     return family.build(make_config(family, config))
 
 
-def _load(reg: Any, model: Any, plan: ResumePlan) -> None:
+def _load(model: Any, plan: ResumePlan) -> None:
     """Load the plan's tensors; strictly unless it is a declared partial warm start."""
     from registry.diff import diff_schemas
     from registry.schema import schema_of_module, schema_of_state_dict
@@ -134,9 +134,8 @@ def _load(reg: Any, model: Any, plan: ResumePlan) -> None:
         raise ResumeRefused(f"the current code builds {plan.variant} differently from {plan.source}; nothing was trained",
                             details=lines, hint="`registry check` shows what moved")
     result = model.load_state_dict(plan.state_dict, strict=plan.strict)
-    if plan.partial is not None and sorted(result.missing_keys) != [
-        n for n in plan.partial.not_loaded if n in set(result.missing_keys) | set(plan.partial.shape_mismatch)
-    ]:
+    # The list printed for a warm start must be exactly what stayed at its fresh initialisation.
+    if plan.partial is not None and (sorted(result.missing_keys) != plan.partial.not_loaded or result.unexpected_keys):
         raise RegistryError(f"warm start loaded other tensors than planned: {sorted(result.missing_keys)[:5]}")
 
 
@@ -161,7 +160,7 @@ def _decide(reg: Any, spec: TrainSpec, ranks: RankInfo, log: Callable[[str], Non
         raise ResumeRefused(f"the current code builds {start.variant} differently from its registered schema",
                             hint="`registry check` shows what moved; `registry variants bump` records the new layout")
     if plan is not None:
-        _load(reg, model, plan)
+        _load(model, plan)
         if plan.training.rng is not None:
             import torch
 
@@ -190,21 +189,19 @@ def _describe(plan: ResumePlan, log: Callable[[str], None]) -> None:
             log(f"  ignored from checkpoint: {name}")
 
 
-class _LossModule:
-    """Runs the family's loss inside `forward`, so DistributedDataParallel sees (and syncs) it."""
+def _loss_module(family: Any, model: Any) -> Any:
+    """A module whose `forward` is the family's loss, so DistributedDataParallel sees (and syncs) it."""
+    import torch
 
-    def __new__(cls, family: Any, model: Any):
-        import torch
+    class LossModule(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
 
-        class LossModule(torch.nn.Module):
-            def __init__(self) -> None:
-                super().__init__()
-                self.model = model
+        def forward(self, batch: Any) -> Any:
+            return family.compute_loss(self.model, batch)
 
-            def forward(self, batch: Any) -> Any:
-                return family.compute_loss(self.model, batch)
-
-        return LossModule()
+    return LossModule()
 
 
 def train(spec: TrainSpec, *, db: str | None = None, log: Callable[[str], None] = print) -> TrainResult:
@@ -263,7 +260,7 @@ def _train(spec: TrainSpec, reg: Any, ranks: RankInfo, log: Callable[[str], None
     optimizer = torch.optim.AdamW([p for _, p in parameters], lr=spec.lr)
     if start.optimizer is not None:
         optimizer.load_state_dict(start.optimizer)
-    trained = distributed.wrap(ranks, _LossModule(family, model)) if ranks.distributed else None
+    trained = distributed.wrap(ranks, _loss_module(family, model)) if ranks.distributed else None
     config = make_config(family, start.config)
     step, last_saved = start.step, start.step
 
