@@ -23,9 +23,8 @@ def _isolated_registry_env(monkeypatch, tmp_path):
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg-data"))
 
 
-@pytest.fixture(scope="session")
-def pg_server():
-    """A running throwaway PostgreSQL server (`TempPostgres`), stopped at the end of the session."""
+def started_temp_postgres():
+    """A started `TempPostgres`; skips the test without PostgreSQL's binaries (fails it in CI)."""
     from registry.store.pgserver import TempPostgres, find_bin_dir
 
     if find_bin_dir() is None:
@@ -33,7 +32,13 @@ def pg_server():
         if REQUIRE_POSTGRES:
             pytest.fail(message + " and REGISTRY_REQUIRE_POSTGRES=1")
         pytest.skip(message)
-    server = TempPostgres().start()
+    return TempPostgres().start()
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    """A running throwaway PostgreSQL server, stopped at the end of the session."""
+    server = started_temp_postgres()
     yield server
     server.stop()
 

@@ -22,6 +22,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from conftest import started_temp_postgres
 from store_worker import RESUME_FILE, SCHEMA_ENTRIES, seed
 
 from registry.errors import DatabaseError
@@ -30,7 +31,6 @@ from registry.store.engine import sqlite_path
 
 WORKER = Path(__file__).with_name("store_worker.py")
 BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "cluster_load.py"
-REQUIRE_POSTGRES = os.environ.get("REGISTRY_REQUIRE_POSTGRES", "") == "1"
 
 
 def start_worker(action: str, url: str, tmp_path: Path, *extra: str) -> tuple[subprocess.Popen, Path]:
@@ -102,14 +102,7 @@ def test_a_job_killed_before_commit_leaves_no_partial_rows_and_no_lock(db_url, a
 @pytest.fixture(scope="module")
 def own_pg():
     """A PostgreSQL server of this module's own, which its tests stop and restart."""
-    from registry.store.pgserver import TempPostgres, find_bin_dir
-
-    if find_bin_dir() is None:
-        message = "PostgreSQL server binaries (initdb, pg_ctl) not found"
-        if REQUIRE_POSTGRES:
-            pytest.fail(message + " and REGISTRY_REQUIRE_POSTGRES=1")
-        pytest.skip(message)
-    server = TempPostgres().start()
+    server = started_temp_postgres()
     yield server
     server.stop()
 
