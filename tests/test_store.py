@@ -83,6 +83,12 @@ def test_find_by_fingerprint_lists_every_schema_equivalent_variant(reg):
     assert [(v.variant, v.version) for v in found] == [("toy/geglu", 1), ("toy/swiglu", 1)]
     assert reg.find_by_fingerprint("sha256:" + "0" * 64) == []
 
+    # Many at once (an SD single file asks for ~1,000 prefixes): the same answers, unknowns absent.
+    other = make_schema(blocks(1)).fingerprint
+    unknown = ["sha256:%064x" % i for i in range(1200)]  # more than one batch of the IN list
+    many = reg.find_by_fingerprints([shared.fingerprint, other, *unknown, shared.fingerprint])
+    assert many == {shared.fingerprint: found, other: reg.find_by_fingerprint(other)}
+
 
 def test_load_schema_and_signature_round_trip_with_dtypes(reg):
     reg.register_variant("toy/a", "toy", {})

@@ -11,7 +11,7 @@ import getpass
 import json
 import socket
 from datetime import datetime
-from typing import Any
+from typing import Any, Iterable
 
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session, aliased
@@ -229,6 +229,24 @@ class Registry(TrackingMixin):
                 VariantRow.name, SchemaVersionRow.version
             )
             return [_version_record(row) for row in session.execute(query)]
+
+    def find_by_fingerprints(self, fingerprints: Iterable[str]) -> dict[str, list[SchemaVersionRecord]]:
+        """`find_by_fingerprint` of many fingerprints in one read transaction: fingerprint → its
+        schema versions (by variant then version); fingerprints nothing has are absent.
+
+        An SD single file has ~1,000 module prefixes; one query each would cost seconds.
+        """
+        wanted = sorted(set(fingerprints))
+        found: dict[str, list[SchemaVersionRecord]] = {}
+        with self._read() as session:
+            for start in range(0, len(wanted), 500):  # under SQLite's bound-parameter limit
+                query = _version_query().where(SchemaVersionRow.fingerprint.in_(wanted[start:start + 500])).order_by(
+                    VariantRow.name, SchemaVersionRow.version
+                )
+                for row in session.execute(query):
+                    record = _version_record(row)
+                    found.setdefault(record.fingerprint, []).append(record)
+        return found
 
     def load_schema(self, schema_version_id: int) -> Schema:
         """The schema (entries with dtypes) of a schema version; `UsageError` if there is none."""
