@@ -42,6 +42,9 @@ class SchemaDiff:
     actual_entries: int
     matching: int  # same name and shape on both sides
     groups: list[DiffGroup] = field(default_factory=list)
+    # Names (both sides counted) paired by a prefix offset, a suffix change or a rename: a refactor
+    # that renamed everything is still close to its source, not as far as an unrelated model.
+    explained: int = 0
     rename_rules: list[tuple[str, str]] = field(default_factory=list)  # verified: they explain everything
 
     @property
@@ -50,9 +53,10 @@ class SchemaDiff:
 
     @property
     def score(self) -> float:
-        """Similarity in [0, 1]: entries equal on both sides over the union of both sides."""
-        union = self.expected_entries + self.actual_entries - self.matching
-        return 1.0 if union == 0 else self.matching / union
+        """Similarity in [0, 1]: the share of both sides' names that are equal (name and shape) or
+        explained by a prefix, suffix or rename group."""
+        total = self.expected_entries + self.actual_entries
+        return 1.0 if total == 0 else min(1.0, (2 * self.matching + self.explained) / total)
 
     def lines(self, limit: int = 12) -> list[str]:
         shown = [g.summary for g in self.groups[:limit]]
@@ -65,6 +69,7 @@ class SchemaDiff:
             "expected_entries": self.expected_entries,
             "actual_entries": self.actual_entries,
             "matching": self.matching,
+            "explained": self.explained,
             "score": round(self.score, 6),
             "groups": [g.to_json() for g in self.groups],
             "rename_rules": [list(rule) for rule in self.rename_rules],
@@ -237,6 +242,7 @@ def diff_schemas(
         diff.groups.append(
             DiffGroup("prefix", f"every {where} entry carries the extra prefix `{prefix}`", len(act), ())
         )
+        diff.explained = len(exp) + len(act)
         return diff
 
     missing = {n for n in exp if n not in act}
@@ -268,6 +274,7 @@ def diff_schemas(
                 tuple(sorted(names)),
             )
         )
+        diff.explained += count
         for m in modules:
             missing -= {f"{m}.{leaf}" for leaf in new_leaves}
             unexpected -= {f"{m}.{leaf}" for leaf in old_leaves}
@@ -287,6 +294,7 @@ def diff_schemas(
                 names,
             )
         )
+        diff.explained += 2 * len(matched)
         for u, m in matched:
             unexpected.discard(u)
             missing.discard(m)

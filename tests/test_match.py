@@ -144,6 +144,22 @@ def test_a_renamed_module_is_explained_by_one_rule_and_the_suggested_convert_fix
     assert (answer["status"], answer["evidence"]) == ("exact", "embedded")
 
 
+def test_a_refactor_that_renamed_most_entries_still_ranks_its_source_first(db, tmp_path):
+    # Every transformer entry renamed: the untouched entries alone look more like the smaller
+    # CT-CLIP layout; the rename must count as closeness, or the source ranks below it.
+    original = build("ctvit/tiny").state_dict()
+    renamed = {k.replace("_transformer.layers.", "_transformer.blocks."): v for k, v in original.items()}
+    assert sum(k not in original for k in renamed) > len(renamed) / 2
+    path = tmp_path / "blocks.pt"
+    torch.save(renamed, path)
+
+    result, answer = match(db, path)
+    assert answer["status"] == "none"
+    assert [c["variant"] for c in answer["candidates"][:2]] == ["ctvit/tiny", "ctvit/tiny-swiglu"]
+    assert answer["diff"]["rename_rules"] == [[".blocks.", ".layers."]]
+    assert answer["suggestions"][0].startswith(f"registry convert {path} --to ctvit/tiny --rename ")
+
+
 def test_an_unregistered_ctvit_config_is_inferred_and_can_be_registered(db, tmp_path):
     path = tmp_path / "wide.pt"
     torch.save(build("ctvit/tiny", dim=48, heads=3).state_dict(), path)
