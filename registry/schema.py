@@ -9,26 +9,87 @@ Functions that take torch objects rely only on `.shape`, `.dtype` and `nn.Module
 
 from __future__ import annotations
 
-import hashlib
-from dataclasses import dataclass
+import sys
 from functools import cached_property
 from typing import Any, Iterable, Iterator, Mapping
+
+try:  # CPython's built-in SHA-256: `import hashlib` loads OpenSSL first, ~3 ms of `registry fingerprint`
+    if sys.version_info >= (3, 12):
+        from _sha2 import sha256
+    else:
+        from _sha256 import sha256
+except ImportError:  # another interpreter, or a build without the module
+    from hashlib import sha256
 
 FINGERPRINT_PREFIX = "sha256:"
 SHORT_LENGTH = 12
 
 
-@dataclass(frozen=True, slots=True)
-class TensorEntry:
-    """One state_dict item: a parameter or persistent buffer.
+class FrozenValue:
+    """Base of the small immutable value types (here and in `readers.info`).
+
+    It gives what `@dataclass(frozen=True)` generates: equality and hash over `_key()` (instances
+    of the same class only), a `Name(field=value, ...)` repr over `__match_args__`, and assignment
+    or deletion raising `dataclasses.FrozenInstanceError`. Generating that code at import time
+    (plus `import dataclasses`) cost ~4 ms of `registry fingerprint`, a ~90 ms process whose
+    start-up is most of its budget. Subclasses set `__match_args__`, `_key` and an `__init__`
+    that assigns with `object.__setattr__`.
+    """
+
+    __slots__ = ()
+    __match_args__: tuple[str, ...] = ()
+
+    def _key(self) -> tuple:
+        raise NotImplementedError
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        return self._key() == other._key()  # type: ignore[attr-defined]
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__match_args__)
+        return f"{type(self).__qualname__}({fields})"
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise _frozen(f"cannot assign to field {name!r}")
+
+    def __delattr__(self, name: str) -> None:
+        raise _frozen(f"cannot delete field {name!r}")
+
+    def __reduce__(self) -> tuple:
+        return type(self), self._key()
+
+
+def _frozen(message: str) -> AttributeError:
+    from dataclasses import FrozenInstanceError  # what these types raised as frozen dataclasses
+
+    return FrozenInstanceError(message)
+
+
+class TensorEntry(FrozenValue):
+    """One state_dict item: a parameter or persistent buffer. Immutable and hashable.
 
     `dtype` is torch's dtype name without the `torch.` prefix (`float32`, `bfloat16`, ...). It is
     recorded but is not part of the architecture, so it never enters the fingerprint.
     """
 
+    __slots__ = ("name", "shape", "dtype")
+    __match_args__ = ("name", "shape", "dtype")
     name: str
     shape: tuple[int, ...]
-    dtype: str = "float32"
+    dtype: str
+
+    def __init__(self, name: str, shape: tuple[int, ...], dtype: str = "float32"):
+        object.__setattr__(self, "name", name)
+        object.__setattr__(self, "shape", shape)
+        object.__setattr__(self, "dtype", dtype)
+
+    def _key(self) -> tuple[str, tuple[int, ...], str]:
+        return (self.name, self.shape, self.dtype)
 
     @property
     def numel(self) -> int:
@@ -42,7 +103,7 @@ class TensorEntry:
 
 
 def _sha256(text: str) -> str:
-    return FINGERPRINT_PREFIX + hashlib.sha256(text.encode("utf-8")).hexdigest()
+    return FINGERPRINT_PREFIX + sha256(text.encode("utf-8")).hexdigest()
 
 
 def short_form(fingerprint: str) -> str:
@@ -154,15 +215,21 @@ def schema_of_module(module: Any) -> Schema:
     return schema_of_state_dict(module.state_dict(keep_vars=True))
 
 
-@dataclass(frozen=True)
-class ModuleSignature:
+class ModuleSignature(FrozenValue):
     """Every module path of a built model with its class, including modules with no parameters.
 
     Two variants can share a schema (GEGLU vs SwiGLU, LayerNorm(bias=False) vs RMSNorm); their
     module signatures differ, which is how `registry check` sees a swapped class (DESIGN §2).
     """
 
+    __match_args__ = ("modules",)
     modules: tuple[tuple[str, str], ...]
+
+    def __init__(self, modules: tuple[tuple[str, str], ...]):
+        object.__setattr__(self, "modules", modules)
+
+    def _key(self) -> tuple[tuple[tuple[str, str], ...]]:
+        return (self.modules,)
 
     @cached_property
     def canonical_text(self) -> str:

@@ -2,27 +2,35 @@
 
 from __future__ import annotations
 
-import hashlib
-from dataclasses import dataclass, field
 from typing import Any
 
-from registry.schema import FINGERPRINT_PREFIX, Schema, short_form
+from registry.schema import FINGERPRINT_PREFIX, FrozenValue, Schema, sha256, short_form
+
+# Plain classes rather than dataclasses: `registry fingerprint` imports this module, and generating
+# dataclass methods at import time is a measurable part of that command's budget (see FrozenValue).
 
 
-@dataclass(frozen=True)
-class SubModel:
-    """The entries beneath one module prefix (`model.diffusion_model.`), prefix stripped."""
+class SubModel(FrozenValue):
+    """The entries beneath one module prefix (`model.diffusion_model.`), prefix stripped. Immutable."""
 
+    __match_args__ = ("prefix", "fingerprint", "entries")
     prefix: str
     fingerprint: str
     entries: int
+
+    def __init__(self, prefix: str, fingerprint: str, entries: int):
+        object.__setattr__(self, "prefix", prefix)
+        object.__setattr__(self, "fingerprint", fingerprint)
+        object.__setattr__(self, "entries", entries)
+
+    def _key(self) -> tuple[str, str, int]:
+        return (self.prefix, self.fingerprint, self.entries)
 
     @property
     def short(self) -> str:
         return short_form(self.fingerprint)
 
 
-@dataclass
 class CheckpointInfo:
     """A checkpoint read without running its code or reading its tensor data.
 
@@ -34,16 +42,34 @@ class CheckpointInfo:
     `files`: the files read. `size_bytes`: bytes on disk of the model files.
     """
 
-    path: str
-    format: str
-    container: str | None
-    wrapper: str | None
-    schema: Schema
-    metadata: dict[str, Any]
-    warnings: list[str]
-    files: list[str]
-    size_bytes: int
-    _submodels: list[SubModel] | None = field(default=None, init=False, repr=False, compare=False)
+    __match_args__ = ("path", "format", "container", "wrapper", "schema", "metadata", "warnings", "files",
+                      "size_bytes")
+    __hash__ = None  # mutable, compared by value
+
+    def __init__(self, path: str, format: str, container: str | None, wrapper: str | None, schema: Schema,
+                 metadata: dict[str, Any], warnings: list[str], files: list[str], size_bytes: int):
+        self.path = path
+        self.format = format
+        self.container = container
+        self.wrapper = wrapper
+        self.schema = schema
+        self.metadata = metadata
+        self.warnings = warnings
+        self.files = files
+        self.size_bytes = size_bytes
+        self._submodels: list[SubModel] | None = None
+
+    def _key(self) -> tuple:
+        return tuple(getattr(self, name) for name in self.__match_args__)
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        return self._key() == other._key()  # type: ignore[attr-defined]
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__match_args__)
+        return f"CheckpointInfo({fields})"
 
     @property
     def fingerprint(self) -> str:
@@ -100,7 +126,7 @@ def submodels_of(schema: Schema) -> list[SubModel]:
         while keep < len(open_) and keep < len(prefixes) and open_[keep][0] == prefixes[keep]:
             keep += 1
         close(keep)
-        open_.extend([prefix, hashlib.sha256(), 0] for prefix in prefixes[keep:])
+        open_.extend([prefix, sha256(), 0] for prefix in prefixes[keep:])
         line = entry.canonical_line()
         for item in open_:
             item[1].update(line[len(item[0]):].encode("utf-8"))
