@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHMARKS = ["bench_meta_build.py", "bench_fingerprint.py", "bench_store.py"]
+BENCHMARKS = ["bench_meta_build.py", "bench_fingerprint.py", "bench_store.py", "bench_match.py"]
 
 
 def main() -> int:
