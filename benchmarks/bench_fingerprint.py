@@ -103,6 +103,9 @@ def write_checkpoints(directory: Path, shapes, divide: int, stem: str) -> tuple[
     return pt, st
 
 
+EDITABLE = "registry fingerprint (editable)"
+
+
 def registry_command() -> tuple[list[str], str]:
     """The installed console script if it starts, else `python cli.py` (same `main`)."""
     script = Path(sys.executable).with_name("registry")
@@ -111,6 +114,30 @@ def registry_command() -> tuple[list[str], str]:
         if probe.returncode == 0:
             return [str(script)], "console script"
     return [sys.executable, str(ROOT / "cli.py")], "python cli.py (the console script does not start)"
+
+
+def regular_install(directory: Path) -> list[str] | None:
+    """The console script of a regular (non-editable) install of this checkout, or None.
+
+    `make install` is editable: every process then first imports setuptools' editable finder
+    (~10 ms of a ~80 ms command), which a user's `pip install model-registry` does not have. A
+    throwaway venv gets a regular install of the package alone; a `.pth` line puts this venv's
+    site-packages (click, sqlalchemy, ...) on its path without running their `.pth` files.
+    """
+    import sysconfig
+
+    venv = directory / "regular-venv"
+    made = subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], capture_output=True)
+    if made.returncode != 0:
+        return None
+    python = venv / "bin" / "python"
+    purelib = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                             capture_output=True, text=True).stdout.strip()
+    Path(purelib, "dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    installed = subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", str(ROOT)],
+                               capture_output=True, cwd=directory, env=CHILD_ENV)
+    script = venv / "bin" / "registry"
+    return [str(script)] if installed.returncode == 0 and script.exists() else None
 
 
 def warm(path: Path) -> None:
@@ -167,9 +194,11 @@ def measure(commands: dict[str, list[str]], runs: int | dict[str, int]) -> dict[
     }
 
 
-def bench_format(big: Path, small: Path, registry: list[str], runs: int, slow_runs: int) -> list[dict]:
+def bench_format(big: Path, small: Path, registry: list[str], runs: int, slow_runs: int,
+                 editable: list[str] | None = None) -> list[dict]:
     """Figures for one format: `registry fingerprint` and the floor on both sizes, and the full
-    loaders on the big file (fewer runs), all interleaved."""
+    loaders on the big file (fewer runs), all interleaved. `editable`: the development install's
+    console script, also measured on the big file when `registry` is a regular install."""
     python = [sys.executable, "-c"]
     floor, baselines = ("floor: zip dir + data.pkl", ["torch.load(weights_only)", "torch.load(mmap)"])
     if big.suffix == ".safetensors":
@@ -180,6 +209,8 @@ def bench_format(big: Path, small: Path, registry: list[str], runs: int, slow_ru
     for path in (big, small):
         commands[f"{path.name}|registry fingerprint"] = registry + ["fingerprint", str(path)]
         commands[f"{path.name}|{floor}"] = python + [SNIPPETS[floor], str(path)]
+    if editable is not None:
+        commands[f"{big.name}|{EDITABLE}"] = editable + ["fingerprint", str(big)]
     counts = {name: runs for name in commands}
     for name in baselines:
         commands[f"{big.name}|{name}"] = python + [SNIPPETS[name], str(big)]
@@ -210,7 +241,7 @@ def summarise(big: dict, small: dict, pt_big: dict) -> dict:
     figures, whose torch.load times are also shown against a .safetensors fingerprint."""
     mine = big["results"]["registry fingerprint"]["median_s"]
     ratios = {name: figures["median_s"] / mine for name, figures in big["results"].items()
-              if name != "registry fingerprint" and not name.startswith("floor")}
+              if not name.startswith(("registry fingerprint", "floor"))}
     # The same ratios from each command's fastest run: less disturbed by other load on the machine,
     # so the gap between the two says how noisy this run was.
     fastest = big["results"]["registry fingerprint"]["min_s"]
@@ -221,6 +252,8 @@ def summarise(big: dict, small: dict, pt_big: dict) -> dict:
     ratios["big/small time"] = mine / small["results"]["registry fingerprint"]["median_s"]
     full, lazy = (("torch.load(weights_only)", "torch.load(mmap)") if big is pt_big
                   else ("safetensors load_file", "safetensors safe_open"))
+    if EDITABLE in big["results"]:  # the same ratio for the development install, for reference
+        ratios[f"{full}, editable install"] = big["results"][full]["median_s"] / big["results"][EDITABLE]["median_s"]
     checks = {
         f"wall < {TARGETS['wall_s']} s": mine < TARGETS["wall_s"],
         f"peak < {TARGETS['peak_mb']:.0f} MB": big["results"]["registry fingerprint"]["peak_mb"] < TARGETS["peak_mb"],
@@ -236,18 +269,18 @@ def print_table(report: dict) -> None:
     print(f"schema source:    {report['schema_source']}")
     print(f"state dict:       {report['entries']} tensors, {report['elements']:,} fp32 elements")
     print()
-    print(f"{'file':<38} {'process':<28} {'median s':>9} {'min s':>8} {'peak MB':>8} {'runs':>5}")
+    print(f"{'file':<38} {'process':<32} {'median s':>9} {'min s':>8} {'peak MB':>8} {'runs':>5}")
     for entry in report["files"]:
         label = f"{entry['path']} ({entry['size_bytes'] / GB:.2f} GB)"
         for name, figures in entry["results"].items():
-            print(f"{label:<38} {name:<28} {figures['median_s']:>9.3f} {figures['min_s']:>8.3f} "
+            print(f"{label:<38} {name:<32} {figures['median_s']:>9.3f} {figures['min_s']:>8.3f} "
                   f"{figures['peak_mb']:>8.1f} {figures['runs']:>5}")
             label = ""
     for kind, summary in report["summary"].items():
         print(f"\n{kind}: registry fingerprint is faster than")
         for name, value in summary["ratios"].items():
             fastest = summary.get("ratios_of_minimums", {}).get(name)
-            print(f"  {name:<36} {value:6.2f}" + ("" if name == "big/small time" else "x")
+            print(f"  {name:<44} {value:6.2f}" + ("" if name == "big/small time" else "x")
                   + (f"   (fastest runs: {fastest:.2f}x)" if fastest else ""))
         for target, ok in summary["targets"].items():
             print(f"  [{'PASS' if ok else 'FAIL'}] {target}")
@@ -271,6 +304,10 @@ def main() -> None:
         shutil.rmtree(directory)
         raise SystemExit(f"{directory} has {free / GB:.1f} GB free; the benchmark writes {needed / GB:.1f} GB (use --dir)")
     registry, how = registry_command()
+    editable = None
+    installed = regular_install(directory)
+    if installed is not None:  # measure what users run; the development install is shown beside it
+        registry, editable, how = installed, registry, "regular install of this checkout in a throwaway venv"
     try:
         log = sys.stderr
         print(f"writing checkpoints to {directory} ...", file=log)
@@ -282,7 +319,7 @@ def main() -> None:
         files = []
         for big, small in ((big_pt, small_pt), (big_st, small_st)):
             print(f"measuring {big.name} and {small.name} ...", file=log)
-            files.extend(bench_format(big, small, registry, args.runs, args.slow_runs))
+            files.extend(bench_format(big, small, registry, args.runs, args.slow_runs, editable))
         report = {
             "registry_command": " ".join(registry) + f"  [{how}]",
             "schema_source": source,
