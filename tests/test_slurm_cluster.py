@@ -91,7 +91,10 @@ def test_job_signalled_by_the_test_requeues_and_resumes(cluster, tmp_path):
     assert output.count(" start step=") == 2 and " done step=12 " in output, output
 
 
-def test_registry_train_is_warned_before_its_time_limit_requeued_and_resumed_in_one_run_chain(cluster, tmp_path):
+@pytest.mark.parametrize("launcher", ["", "torchrun --standalone --nproc_per_node 2 --no-python"],
+                         ids=["one-process", "torchrun"])
+def test_registry_train_is_warned_before_its_time_limit_requeued_and_resumed_in_one_run_chain(cluster, tmp_path,
+                                                                                              launcher):
     """The real path with the real trainer: examples/slurm/train.sbatch as task 3 of an array,
     with a 2-minute limit and --signal=B:USR1@50, so Slurm itself warns the job 40-70 s in; the
     trainer checkpoints and exits 75, the script requeues the job, and the rerun resumes at the
@@ -107,7 +110,7 @@ def test_registry_train_is_warned_before_its_time_limit_requeued_and_resumed_in_
     out, log = tmp_path / "runs", tmp_path / "train.out"
     bin_dir = str(Path(sys.executable).parent)
     env = {"REGISTRY_DB": db, "TRAIN_VARIANT": "ctvit/tiny", "TRAIN_STEPS": "10000000", "TRAIN_EVERY": "1000",
-           "TRAIN_OUT": str(out), "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+           "TRAIN_OUT": str(out), "TRAIN_LAUNCHER": launcher, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
     array_id = cluster.sbatch(TRAIN, "--array=3", "--time=0:02:00", "--signal=B:USR1@50", "-o", str(log),
                               env=env, cwd=tmp_path)
     task = f"{array_id}_3"
@@ -121,11 +124,11 @@ def test_registry_train_is_warned_before_its_time_limit_requeued_and_resumed_in_
 
     with open_registry(db) as reg:
         first, rerun = reg.list_runs()
-        assert first.status == "preempted"
+        assert first.status == "preempted" and first.world_size == rerun.world_size == (2 if launcher else 1)
         assert first.scheduler_job_id == rerun.scheduler_job_id == task  # Slurm's own `job_task` form
         assert rerun.parent_run_id == first.id  # one chain
         saved = reg.list_checkpoints(run_id=first.id)[-1]
         assert rerun.resumed_from_checkpoint_id == saved.id and saved.step > 0
     output = log.read_text()
-    assert f"pre-empted by SIGUSR1 at step {saved.step}" in output, output
+    assert f"pre-empted by SIGTERM at step {saved.step}" in output, output  # the script forwards the warning as TERM
     assert f"resuming ctvit/tiny from {out / f'step-{saved.step:08d}.pt'} at step {saved.step}" in output, output
