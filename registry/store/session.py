@@ -120,28 +120,20 @@ class SessionFactory:
                 time.sleep(delay)
 
     def _write_once(self, work: Callable[[Session], T], deadline: float) -> T:
-        session = self._write()
         xid = None
         try:
-            result = work(session)
-            if self.server:
-                session.flush()
-                xid = session.scalar(text("SELECT txid_current_if_assigned()"))
-            session.commit()
+            with self.scope(write=True) as session:
+                result = work(session)
+                if self.server:
+                    session.flush()
+                    xid = session.scalar(text("SELECT txid_current_if_assigned()"))
             return result
-        except RegistryError:
-            _rollback(session)
-            raise
-        except SQLAlchemyError as exc:
-            _rollback(session)
-            if xid is not None and _connection_lost(exc) and self._committed(xid, deadline, exc):
+        except DatabaseError as exc:
+            # xid is read after the work, so only the COMMIT can have lost the connection here.
+            lost = exc.__cause__
+            if xid is not None and _connection_lost(lost) and self._committed(xid, deadline, lost):
                 return result
-            raise self.translate(exc) from exc
-        except BaseException:
-            _rollback(session)
             raise
-        finally:
-            session.close()
 
     def _committed(self, xid: int, deadline: float, lost: SQLAlchemyError) -> bool:
         """Whether transaction `xid`, whose COMMIT lost its connection, committed (asked on a new one)."""
