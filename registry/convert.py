@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .converters import RenameRules, converters
+from .converters import Converter, RenameRules, converters
 from .diff import diff_schemas
 from .errors import RegistryError, UsageError
 from .families import get_family, make_config
@@ -43,6 +43,12 @@ class Conversion:
         return dict(self.__dict__)
 
 
+def matched_converter(match: Any) -> tuple[Converter, Any]:
+    """The converter a `convertible` match names, and the checkpoint's own config to convert from."""
+    converter = next(c for c in converters() if c.name == match.converter)
+    return converter, make_config(get_family(converter.source_family), match.source_config)
+
+
 def converted_state_dict(reg: Any, info: CheckpointInfo, variant: str, renames: RenameRules | None = None) -> tuple[dict, str, bool]:
     """The state dict of `info` converted for `variant`, the method used, and whether it is exact.
 
@@ -63,8 +69,7 @@ def converted_state_dict(reg: Any, info: CheckpointInfo, variant: str, renames: 
     if match.status == EXACT:
         return load_state_dict(info, prefix=match.prefix), "extract", True
     if match.status == CONVERTIBLE:
-        converter = next(c for c in converters() if c.name == match.converter)
-        source_config = make_config(get_family(converter.source_family), match.source_config)
+        converter, source_config = matched_converter(match)
         state = converter.convert_state_dict(load_state_dict(info, prefix=match.prefix), source_config)
         return state, converter.name, converter.exact
     hint = match.suggestions[0] if match.suggestions else None

@@ -103,24 +103,25 @@ def _model_parameter_names(family_name: str, config: dict[str, Any]) -> list[str
     return [name for name, _ in build_on_meta(family, make_config(family, config)).named_parameters()]
 
 
-def _converted(reg: Any, info: CheckpointInfo, match: MatchResult, training: TrainingState):
-    """The converted state dict, the conversion record, and the optimizer state carried across (or None)."""
-    from registry.convert import converted_state_dict
-    from registry.converters import converters
-    from registry.families import get_family, make_config
+def _converted(info: CheckpointInfo, match: MatchResult, training: TrainingState):
+    """The converted state dict, the conversion record, and the optimizer state carried across (or None).
+
+    The source tensors are loaded once and serve both the weights and AdamW's moments.
+    """
+    from registry.convert import matched_converter
     from registry.tensors import load_state_dict
 
     from .optimizer_state import convert_optimizer_state
 
-    state, method, exact = converted_state_dict(reg, info, match.variant)
-    conversion = {"method": method, "exact": exact, "source": os.path.abspath(info.path),
+    converter, source_config = matched_converter(match)
+    source = load_state_dict(info, prefix=match.prefix)
+    state = converter.convert_state_dict(source, source_config)
+    conversion = {"method": converter.name, "exact": converter.exact, "source": os.path.abspath(info.path),
                   "source_fingerprint": info.schema.fingerprint, "in_memory": True}
     optimizer = None
-    if training.optimizer is not None and training.optimizer_param_names and exact:
-        converter = next(c for c in converters() if c.name == match.converter)
-        source_config = make_config(get_family(converter.source_family), match.source_config)
+    if training.optimizer is not None and training.optimizer_param_names and converter.exact:
         optimizer = convert_optimizer_state(
-            training.optimizer, training.optimizer_param_names, load_state_dict(info, prefix=match.prefix),
+            training.optimizer, training.optimizer_param_names, source,
             lambda moments: converter.convert_state_dict(moments, source_config),
             _model_parameter_names(match.family, match.config),
         )
@@ -184,7 +185,7 @@ def plan_resume(
         if match.prefix:  # a sub-model's optimizer state is not ours to take
             training = TrainingState(None, None, training.rng)
     elif match.status == CONVERTIBLE:
-        state, conversion, training = _converted(reg, info, match, training)
+        state, conversion, training = _converted(info, match, training)
     elif allow_partial and match.status not in (AMBIGUOUS, INFERRED):
         record, state, partial = _partial(reg, info, match, variant)
         match.variant, match.family, match.config = record.name, record.family, record.config
