@@ -47,13 +47,16 @@ def train_command(ctx: click.Context, variant: str | None, family: str | None, o
                      allow_partial=allow_partial, batch_size=batch_size, lr=lr, seed=seed, allow_unsafe=allow_unsafe)
     log = (lambda line: click.echo(line, err=True)) if as_json else click.echo
     result = train(spec, db=db_url(ctx), log=log)
-    if result.rank != 0:
-        pass  # under torchrun, rank 0 speaks for the job
-    elif as_json:
+    if result.rank == 0:  # under torchrun, rank 0 speaks for the job
+        _report(result, as_json)
+    ctx.exit(result.exit_code)
+
+
+def _report(result, as_json: bool) -> None:
+    if as_json:
         emit_json(result.to_json())
     elif result.status == "completed":
         click.echo(f"done: {result.variant} at step {result.step} (run {result.run_id})")
     elif result.status == "preempted":
         click.echo(f"pre-empted by {result.signal} at step {result.step}: checkpoint written; "
                    f"requeue with --resume latest (exit {result.exit_code})")
-    ctx.exit(result.exit_code)

@@ -190,7 +190,8 @@ def _describe(plan: ResumePlan, log: Callable[[str], None]) -> None:
 
 
 def _loss_module(family: Any, model: Any) -> Any:
-    """A module whose `forward` is the family's loss, so DistributedDataParallel sees (and syncs) it."""
+    """A module whose `forward` is the family's loss, so DistributedDataParallel sees (and syncs)
+    it; alone, it simply computes the loss."""
     import torch
 
     class LossModule(torch.nn.Module):
@@ -260,11 +261,11 @@ def _train(spec: TrainSpec, reg: Any, ranks: RankInfo, log: Callable[[str], None
     optimizer = torch.optim.AdamW([p for _, p in parameters], lr=spec.lr)
     if start.optimizer is not None:
         optimizer.load_state_dict(start.optimizer)
-    trained = distributed.wrap(ranks, _loss_module(family, model)) if ranks.distributed else None
+    trained = distributed.wrap(ranks, _loss_module(family, model))
     config = make_config(family, start.config)
     step, last_saved = start.step, start.step
 
-    def save() -> None:
+    def save(reason: str) -> None:
         if ranks.is_leader:
             metadata = {"variant": start.variant, "family": start.family, "config": start.config,
                         "fingerprint": start.fingerprint, "run_id": start.run_id, "step": step, "prefix": ""}
@@ -273,27 +274,26 @@ def _train(spec: TrainSpec, reg: Any, ranks: RankInfo, log: Callable[[str], None
             record_checkpoint(reg, path, fingerprint=start.fingerprint, step=step,
                               schema_version_id=start.schema_version_id, run_id=start.run_id)
             result.checkpoints.append(str(path))
+            log(f"{reason} → {path}")
         distributed.barrier(ranks)
 
     try:
         while step < spec.steps:
             generator = torch.Generator().manual_seed(spec.seed * 1_000_003 + step * 101 + ranks.rank)
             batch = family.make_batch(config, spec.batch_size, generator)
-            loss = trained(batch) if trained is not None else family.compute_loss(model, batch)
+            loss = trained(batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             step += 1
             result.step = step
             if step == spec.steps or (spec.every and step % spec.every == 0):
-                save()
+                save(f"step {step}/{spec.steps} loss {loss.item():.4f}")
                 last_saved = step
-                log(f"step {step}/{spec.steps} loss {loss.item():.4f} → {result.checkpoints[-1] if result.checkpoints else 'saved'}")
             if distributed.any_rank(ranks, stop.requested):
                 result.signal = stop.signal_name or "SIGTERM"
                 if step != last_saved:
-                    save()
-                    log(f"{result.signal}: checkpoint at step {step} → {result.checkpoints[-1] if result.checkpoints else 'saved'}")
+                    save(f"{result.signal}: checkpoint at step {step}")
                 result.status = PREEMPTED
                 break
         else:
