@@ -164,8 +164,8 @@ def _lookup_many(reg: Any, wanted: list[tuple[str, str]], scope: Scope) -> list[
 
 
 def _from_embedded(reg: Any, info: CheckpointInfo, result: MatchResult, scope: Scope) -> bool:
-    embedded = info.metadata.get("registry")
-    if not isinstance(embedded, dict) or "fingerprint" not in embedded:
+    embedded = info.embedded
+    if "fingerprint" not in embedded:
         return False
     claimed = str(embedded.get("fingerprint"))
     claimed_prefix = str(embedded.get("prefix") or "")

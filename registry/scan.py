@@ -192,9 +192,8 @@ def record_checkpoint(reg: Any, path: str, *, allow_unsafe: bool = False) -> Sca
     stat = os.stat(path)
     result = match_checkpoint(reg, info, nearest=0)
     exact = result.status == EXACT
-    embedded = info.metadata.get("registry")
-    run_id = embedded.get("run_id") if isinstance(embedded, dict) else None
-    if not isinstance(run_id, str) or reg.get_run(run_id) is None:
+    run_id = info.embedded_run_id
+    if run_id is not None and reg.get_run(run_id) is None:
         run_id = None
     new = reg.find_checkpoint(path, stat.st_size, stat.st_mtime) is None
     record = reg.register_checkpoint(

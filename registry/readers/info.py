@@ -85,11 +85,21 @@ class CheckpointInfo:
         return self.schema.numel
 
     @property
+    def embedded(self) -> dict[str, Any]:
+        """The registry record our trainer or `registry convert` embedded ({} when there is none)."""
+        record = self.metadata.get("registry")
+        return record if isinstance(record, dict) else {}
+
+    @property
+    def embedded_run_id(self) -> str | None:
+        """The run id the embedded record names (not checked against any registry)."""
+        run_id = self.embedded.get("run_id")
+        return run_id if isinstance(run_id, str) else None
+
+    @property
     def step(self) -> int | None:
         """The training step the checkpoint records (`step`, `global_step`, or the registry record's)."""
-        registry = self.metadata.get("registry")
-        for value in (self.metadata.get("step"), self.metadata.get("global_step"),
-                      registry.get("step") if isinstance(registry, dict) else None):
+        for value in (self.metadata.get("step"), self.metadata.get("global_step"), self.embedded.get("step")):
             if type(value) is int:
                 return value
             if type(value) is str and value.isdigit():

@@ -87,9 +87,8 @@ def _refuse(info: CheckpointInfo, match: MatchResult) -> ResumeRefused:
 
 def _parent_run(reg: Any, info: CheckpointInfo) -> str | None:
     """The run that wrote the checkpoint: its embedded run id, else the registry's record of the file."""
-    embedded = info.metadata.get("registry")
-    run_id = embedded.get("run_id") if isinstance(embedded, dict) else None
-    if isinstance(run_id, str) and reg.get_run(run_id) is not None:
+    run_id = info.embedded_run_id
+    if run_id is not None and reg.get_run(run_id) is not None:
         return run_id
     stat = os.stat(info.path)
     record = reg.find_checkpoint(os.path.abspath(info.path), stat.st_size, stat.st_mtime)
