@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import uuid
 from pathlib import Path
 from typing import Callable
@@ -17,6 +18,15 @@ def _fsync_dir(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+_TEMPORARY = re.compile(r"^\.(?P<target>.+)\.tmp-(?P<pid>\d+)-[0-9a-f]{8}$")
+
+
+def temporary_of(name: str) -> tuple[str, int] | None:
+    """For a file name `atomic_write` used as its temporary: (the target's name, the writer's pid)."""
+    match = _TEMPORARY.match(name)
+    return (match["target"], int(match["pid"])) if match else None
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:

@@ -16,12 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from registry.atomic import temporary_of
 from registry.errors import CheckpointError
 from registry.tensors import save_checkpoint
 
 CHECKPOINT_NAME = re.compile(r"^step-(\d{8,})\.pt$")
-# `atomic_write`'s temporary name for a checkpoint: `.step-00000120.pt.tmp-<pid>-<random>`.
-INTERRUPTED_WRITE = re.compile(r"^\.step-\d{8,}\.pt\.tmp-(\d+)-[0-9a-f]+$")
 
 
 def checkpoint_path(out_dir: Path, step: int) -> Path:
@@ -72,8 +71,8 @@ def remove_interrupted_writes(out_dir: Path) -> list[Path]:
     if not out_dir.is_dir():
         return removed
     for path in out_dir.iterdir():
-        match = INTERRUPTED_WRITE.match(path.name)
-        if match and not _running(int(match.group(1))):
+        temporary = temporary_of(path.name)
+        if temporary and CHECKPOINT_NAME.match(temporary[0]) and not _running(temporary[1]):
             path.unlink(missing_ok=True)
             removed.append(path)
     return removed
