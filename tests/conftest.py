@@ -10,10 +10,22 @@ from __future__ import annotations
 import os
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
 REQUIRE_POSTGRES = os.environ.get("REGISTRY_REQUIRE_POSTGRES", "") == "1"
+# Third-party key listings live in shared/, beside the repository (CI clones main there).
+REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
+
+
+def reference_text(listing: str, covered_by: str = "") -> str:
+    """The text of a reference listing; skips the test where shared/ is not checked out beside
+    the repository, naming what still checks the same thing (`covered_by`)."""
+    path = REFERENCE / listing
+    if not path.is_file():
+        pytest.skip(f"{path} is not checked out" + (f" ({covered_by})" if covered_by else ""))
+    return path.read_text(encoding="utf-8")
 
 
 @pytest.fixture(autouse=True)

@@ -10,9 +10,9 @@ import itertools
 import re
 from collections import Counter
 from fnmatch import fnmatchcase
-from pathlib import Path
 
 import pytest
+from conftest import reference_text
 import torch
 from torch import nn
 
@@ -23,10 +23,6 @@ from registry.models import ctvit_attention
 from registry.models.ctvit import TINY, CTViT, CTViTConfig
 from registry.models.ctvit_attention import GEGLU, Attention, FlashAttentionQKV, LayerNorm, SwiGLU
 from registry.schema import Schema, module_signature, parse_schema_tsv, schema_of_module
-
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
-if not REFERENCE.is_dir():  # CI clones main with shared/ beside the repository
-    REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
 
 # listing -> (config overrides, its header's fingerprint); pinned so the layouts are checked even
 # where shared/reference is not checked out.
@@ -109,10 +105,7 @@ def test_the_reference_fingerprints_are_reproduced(family, listing):
 
 @pytest.mark.parametrize("listing", sorted(REFERENCES))
 def test_the_reference_listing_is_reproduced_entry_for_entry(family, listing):
-    path = REFERENCE / listing
-    if not path.is_file():
-        pytest.skip(f"{path} is not checked out (the pinned-fingerprint test still runs)")
-    expected, header = parse_schema_tsv(path.read_text(encoding="utf-8"))
+    expected, header = parse_schema_tsv(reference_text(listing, "the pinned-fingerprint test still runs"))
     overrides, fingerprint = REFERENCES[listing]
     result = built(overrides)
 
@@ -124,10 +117,7 @@ def test_the_reference_listing_is_reproduced_entry_for_entry(family, listing):
 
 @pytest.mark.parametrize("listing", sorted(REFERENCES))
 def test_parameters_and_persistent_buffers_are_as_listed(family, listing):
-    path = REFERENCE / listing
-    if not path.is_file():
-        pytest.skip(f"{path} is not checked out")
-    _, header = parse_schema_tsv(path.read_text(encoding="utf-8"))
+    _, header = parse_schema_tsv(reference_text(listing))
     patterns = next(v for k, v in header.items() if k.startswith("persistent buffers")).split("; ")
     model = build_on_meta(family, make_config(family, REFERENCES[listing][0]))
     parameters = {name for name, _ in model.named_parameters()}

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from pathlib import Path
 
 import pytest
+from conftest import reference_text
 import torch
 
 from registry.catalog import builtin_variants
@@ -16,10 +16,6 @@ from registry.families import build_schema, config_dict, get_family, make_config
 from registry.models.ctvit import TINY, CTViTConfig
 from registry.models.ctvit_inference import infer_ctvit_configs
 from registry.schema import Schema, TensorEntry, parse_schema_tsv
-
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
-if not REFERENCE.is_dir():  # CI clones main with shared/ beside the repository
-    REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
 
 # CT-CLIP's listings and the config overrides that build them (as in test_ctvit.py).
 LISTINGS = {
@@ -111,10 +107,7 @@ def test_every_builtin_variant_is_inferred(variant):
 
 @pytest.mark.parametrize("listing", sorted(LISTINGS))
 def test_the_ct_clip_listings_give_ct_clips_config(listing):
-    path = REFERENCE / listing
-    if not path.is_file():
-        pytest.skip(f"{path} is not checked out (the built-in variant tests cover the same schemas)")
-    schema, _ = parse_schema_tsv(path.read_text(encoding="utf-8"))
+    schema, _ = parse_schema_tsv(reference_text(listing, "the built-in variant tests cover the same schemas"))
     ctclip = CTViTConfig(**LISTINGS[listing])
     assert assert_inferred(schema, ctclip) == ctclip  # every field, image_size 480 included
 
