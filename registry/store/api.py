@@ -337,7 +337,7 @@ class Registry(TrackingMixin):
             id=row.id, name=row.name, family=family, config=json.loads(row.config_json), config_json=row.config_json,
             description=row.description, is_default=row.is_default, created_at=row.created_at,
             created_by=row.created_by, latest_version=latest[0] if latest else None,
-            latest_fingerprint=latest[1] if latest else None,
+            latest_fingerprint=latest[1] if latest else None, family_source=row.family_source,
         )
 
     def _version_by_id(self, session: Session, schema_version_id: int) -> SchemaVersionRecord:
@@ -366,7 +366,7 @@ def _version_record(row: Any) -> SchemaVersionRecord:
         id=version.id, variant=variant, family=family, version=version.version, fingerprint=version.fingerprint,
         signature_hash=version.signature_hash, entry_count=entry_count, numel=numel,
         code_revision=version.code_revision, package_versions=dict(version.package_versions or {}),
-        created_at=version.created_at, created_by=version.created_by,
+        created_at=version.created_at, created_by=version.created_by, behaviour=version.behaviour,
     )
 
 

@@ -26,7 +26,8 @@ from registry.errors import DatabaseError
 
 from .engine import BEGIN_OPTION, display_url
 
-KNOWN_REVISIONS: tuple[str, ...] = ("0001_initial", "0002_event_log", "0003_nearest_match_index")
+KNOWN_REVISIONS: tuple[str, ...] = ("0001_initial", "0002_event_log", "0003_nearest_match_index",
+                                   "0004_sources_and_behaviour")
 HEAD_REVISION = KNOWN_REVISIONS[-1]
 # pg_advisory_xact_lock key: the ASCII of "mregmig" as a number; any fixed 64-bit value works.
 ADVISORY_LOCK_KEY = 0x6D7265676D6967

@@ -99,6 +99,8 @@ class VariantRow(Base):
     is_default: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     created_by: Mapped[str | None] = mapped_column(String(200))
+    # Where the family came from at registration (added by 0004_sources_and_behaviour).
+    family_source: Mapped[str | None] = mapped_column(String(500))
 
 
 class SchemaRow(Base):
@@ -140,6 +142,8 @@ class SchemaVersionRow(Base):
     package_versions: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     created_by: Mapped[str | None] = mapped_column(String(200))
+    # The behaviour digest (DESIGN §11; added by 0004_sources_and_behaviour); None without a probe.
+    behaviour: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
 
 class SchemaSketchBandRow(Base):

@@ -41,6 +41,7 @@ class VariantRecord(_Record):
     created_by: str | None
     latest_version: int | None = None
     latest_fingerprint: str | None = None
+    family_source: str | None = None
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,7 @@ class SchemaVersionRecord(_Record):
     package_versions: dict[str, str]
     created_at: datetime
     created_by: str | None
+    behaviour: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
