@@ -30,7 +30,15 @@ class Family:
     - `infer_configs(schema)` proposes configs that might rebuild a schema (the registry verifies
       each by rebuilding on the meta device and comparing fingerprints);
     - `make_batch(config, batch_size, generator)` returns a synthetic training batch;
-    - `compute_loss(model, batch)` returns a scalar loss tensor for that batch.
+    - `compute_loss(model, batch)` returns a scalar loss tensor for that batch;
+    - `probe(model, config, generator)` runs the model (eval mode, CPU) on a deterministic input
+      drawn from `generator` and returns its outputs (a tensor, or a tuple/dict of tensors): the
+      behaviour digest of DESIGN §11 summarises them. A family without it has no behaviour check;
+    - `probe_config(config)` returns the small config to probe instead, for variants too big to
+      run on a CPU in a second or two (same flags and block types, small widths and depths).
+
+    `source` says where the family was loaded from (built-in, an entry point, a pyproject.toml,
+    `--plugin`, a class named by import path); the plugin loader sets it.
     """
 
     name: str
@@ -40,6 +48,9 @@ class Family:
     infer_configs: Callable[[Schema], list[Any]] | None = None
     make_batch: Callable[[Any, int, Any], Any] | None = None
     compute_loss: Callable[[Any, Any], Any] | None = None
+    probe: Callable[[Any, Any, Any], Any] | None = None
+    probe_config: Callable[[Any], Any] | None = None
+    source: str = "built-in"
 
     def default_config(self) -> Any:
         return self.config_class()
