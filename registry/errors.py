@@ -38,3 +38,15 @@ class DatabaseError(RegistryError):
     """The registry database cannot be opened, is at the wrong revision, or a write failed."""
 
     exit_code = 4
+
+
+class FamilyNotLoadedError(UsageError):
+    """No loaded plugin provides the family (or a class family's module cannot be found)."""
+
+
+class PluginError(UsageError):
+    """A family plugin (entry point, pyproject.toml plugin, --plugin, class) failed to import."""
+
+
+class DuplicateFamilyError(PluginError):
+    """Two sources claim one family name."""

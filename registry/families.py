@@ -1,9 +1,12 @@
 """Model families: code that builds one kind of model from a config (DESIGN §2).
 
-A family registers itself with `@register_family(...)` on its build function; the built-in ones
-live in `registry.models` (the repository's `models/`), whose `__init__` imports each family module
-by name. Configs are dataclasses whose defaults are the family's defaults; the canonical config is
-the JSON of every field, defaults filled in.
+A family registers itself with `@register_family(...)` on its build function, in a plugin module
+that `registry.plugins` imports: every family, the built-in ones in `registry.models` included,
+arrives through the entry-point group `registry.families`, a `[tool.registry]` table in the
+nearest pyproject.toml, `--plugin` or REGISTRY_PLUGINS. A class named by import path
+(`pkg.module:Class`) is a family too (`registry.class_family`). Configs are dataclasses whose
+defaults are the family's defaults; the canonical config is the JSON of every field, defaults
+filled in.
 
 Torch is imported lazily so `registry families` and `registry --help` stay fast.
 """
@@ -12,11 +15,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import types
-import typing
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
+from .config_types import coerce, field_types, fill_dataclass, plain
 from .errors import UsageError
 from .schema import ModuleSignature, Schema, module_signature, schema_of_module
 
@@ -38,7 +40,9 @@ class Family:
       run on a CPU in a second or two (same flags and block types, small widths and depths).
 
     `source` says where the family was loaded from (built-in, an entry point, a pyproject.toml,
-    `--plugin`, a class named by import path); the plugin loader sets it.
+    `--plugin`, a class named by import path) as one line; `origin` is the same as data. The
+    optional `prepare_config(values)` maps a real config mapping onto the config class's fields
+    before it is checked (diffusers' `config.json`: extra constructor keywords go to `extra`).
     """
 
     name: str
@@ -51,15 +55,112 @@ class Family:
     probe: Callable[[Any, Any, Any], Any] | None = None
     probe_config: Callable[[Any], Any] | None = None
     source: str = "built-in"
+    origin: FamilySource | None = None
+    prepare_config: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+    # Values config inference may try for fields it cannot enumerate (free strings), by dotted path;
+    # for a tuple/list field, the choices of each element (`registry.inference`).
+    config_choices: Mapping[str, tuple[Any, ...]] | None = None
 
     def default_config(self) -> Any:
-        return self.config_class()
+        """The config with every default; raises `UsageError` if a field has none (a required
+        constructor argument of a class family)."""
+        return fill_dataclass(self.config_class, {}, f"family {self.name!r}")
+
+    def defaults(self) -> dict[str, Any]:
+        """`{field: default as JSON}`; a required field (no default) is left out."""
+        out = {}
+        for f in dataclasses.fields(self.config_class):
+            if f.default is not dataclasses.MISSING:
+                out[f.name] = plain(f.default)
+            elif f.default_factory is not dataclasses.MISSING:
+                out[f.name] = plain(f.default_factory())
+        return out
 
     def fields(self) -> list[dataclasses.Field]:
         return list(dataclasses.fields(self.config_class))
 
 
 _FAMILIES: dict[str, Family] = {}
+
+# Set by the plugin loader (registry.plugins) while it imports a plugin module: where the families
+# that module registers come from.
+_LOADING: FamilySource | None = None
+
+
+@dataclass(frozen=True)
+class FamilySource:
+    """Where a family was loaded from.
+
+    `kind` is `built-in`, `entry-point`, `pyproject`, `--plugin`, `REGISTRY_PLUGINS`, `class`, or
+    `module` (registered by code that imported the module directly). `module` is the plugin module
+    (or `pkg.module:Class` for a class family); `distribution`/`version` name an entry point's
+    distribution; `path` is the pyproject.toml for `pyproject`.
+    """
+
+    kind: str
+    module: str
+    distribution: str | None = None
+    version: str | None = None
+    path: str | None = None
+    config_class: str | None = None  # a class family's explicitly named config class
+
+    @property
+    def label(self) -> str:
+        """One line for people, stored as a variant's `family_source`: `<where>: <module>`."""
+        if self.kind == "built-in":
+            return "built-in"
+        where = {
+            "entry-point": f"entry point {self.distribution} {self.version}",
+            "pyproject": f"pyproject.toml {self.path}",
+        }.get(self.kind, self.kind)
+        module = self.module + (f" config_class={self.config_class}" if self.config_class else "")
+        return f"{where}: {module}"
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_label(cls, label: str) -> "FamilySource | None":
+        """The kind and module back from a stored label (None for a label this code did not write)."""
+        where, sep, module = label.rpartition(": ")
+        if not sep:
+            return None
+        target, _, config_class = module.partition(" config_class=")
+        kind = where.split(" ", 1)[0]
+        kind = {"entry": "entry-point", "pyproject.toml": "pyproject"}.get(kind, kind)
+        return cls(kind, target, path=where.split(" ", 1)[1] if kind == "pyproject" else None,
+                   config_class=config_class or None)
+
+
+def _source_for(module: str) -> FamilySource:
+    return _LOADING if _LOADING is not None else FamilySource("module", module)
+
+
+def _same_code(a: Callable[..., Any], b: Callable[..., Any]) -> bool:
+    """One function imported twice (a reload, or one file under two module names)."""
+    if (a.__module__, a.__qualname__) == (b.__module__, b.__qualname__):
+        return True
+    code_a, code_b = getattr(a, "__code__", None), getattr(b, "__code__", None)
+    return bool(code_a and code_b and a.__qualname__ == b.__qualname__ and code_a.co_filename == code_b.co_filename)
+
+
+def add_family(family: Family) -> Family:
+    """Register a `Family` value (what `register_family` and class families do); returns it.
+
+    Raises `DuplicateFamilyError` (exit 2) naming both sources when another source already claims
+    the name; the same code registered again (a module imported twice) replaces it quietly.
+    """
+    from .errors import DuplicateFamilyError
+
+    existing = _FAMILIES.get(family.name)
+    if existing is not None and not _same_code(existing.build, family.build):
+        raise DuplicateFamilyError(
+            f"family {family.name!r} is claimed twice: by {existing.source} and by {family.source}",
+            hint="rename one of them, or load only one of the plugins")
+    if existing is not None:  # keep the hooks and the source the first registration got
+        family = dataclasses.replace(existing, build=family.build, config_class=family.config_class)
+    _FAMILIES[family.name] = family
+    return family
 
 
 def register_family(
@@ -68,126 +169,105 @@ def register_family(
     config: type,
     description: str = "",
 ) -> Callable[[Callable[[Any], Any]], Callable[[Any], Any]]:
-    """Decorator for a family's build function: `@register_family("ctvit", config=CTViTConfig)`."""
+    """Decorator for a family's build function: `@register_family("ctvit", config=CTViTConfig)`.
+
+    The family's source is the plugin being loaded (entry point, pyproject.toml, --plugin), else
+    the module that registers it. Raises `DuplicateFamilyError` when another source claims `name`.
+    """
     if not dataclasses.is_dataclass(config):
         raise TypeError(f"family {name!r}: config must be a dataclass, got {config!r}")
 
     def decorate(build: Callable[[Any], Any]) -> Callable[[Any], Any]:
-        existing = _FAMILIES.get(name)
-        if existing is not None and existing.build.__qualname__ != build.__qualname__:
-            raise ValueError(f"family {name!r} is already registered by {existing.build.__module__}")
-        _FAMILIES[name] = Family(name=name, config_class=config, build=build, description=description)
+        origin = _source_for(build.__module__)
+        add_family(Family(name=name, config_class=config, build=build, description=description,
+                          source=origin.label, origin=origin))
         return build
 
     return decorate
 
 
 def extend_family(name: str, **hooks: Callable[..., Any]) -> None:
-    """Attach optional hooks (`infer_configs`, `make_batch`, `compute_loss`) to a registered family."""
+    """Attach optional hooks (`infer_configs`, `make_batch`, `compute_loss`, `probe`, `probe_config`,
+    `prepare_config`) to a registered family."""
     _FAMILIES[name] = dataclasses.replace(_FAMILIES[name], **hooks)
 
 
-def _load_builtin_families() -> None:
-    import registry.models  # noqa: F401  (imports each family module, which registers itself)
+def claim_families(module: str, origin: FamilySource) -> None:
+    """Give `origin` to families that `module` (or a submodule) registered before the plugin loader
+    imported it (e.g. a test or script imported the module directly)."""
+    for name, family in list(_FAMILIES.items()):
+        if family is None or family.origin is None or family.origin.kind != "module":
+            continue
+        if family.origin.module == module or family.origin.module.startswith(module + "."):
+            _FAMILIES[name] = dataclasses.replace(family, source=origin.label, origin=origin)
 
 
 def families() -> list[Family]:
-    """Every registered family, sorted by name."""
-    _load_builtin_families()
-    return [_FAMILIES[name] for name in sorted(_FAMILIES)]
+    """Every registered family, sorted by name, after loading every plugin (registry.plugins).
+
+    Raises `PluginError` (exit 2) when a plugin fails to import, `DuplicateFamilyError` when two
+    sources claim one name.
+    """
+    from .plugins import load_plugins
+
+    load_plugins()
+    return [_FAMILIES[name] for name in sorted(_FAMILIES) if _FAMILIES[name] is not None]
 
 
 def get_family(name: str) -> Family:
-    """The family called `name`; raises `UsageError` (exit 2) naming the known ones."""
-    _load_builtin_families()
-    try:
-        return _FAMILIES[name]
-    except KeyError:
-        known = ", ".join(sorted(_FAMILIES))
-        raise UsageError(f"unknown family {name!r}", hint=f"known families: {known}") from None
+    """The family called `name`; a `pkg.module:Class` name is resolved as a class family on demand.
+
+    Raises `FamilyNotLoadedError` (exit 2) naming the known families when no loaded plugin provides
+    `name` (or the class's module cannot be found), `PluginError` when a plugin fails to import.
+    """
+    from .errors import FamilyNotLoadedError
+    from .plugins import load_plugins
+
+    load_plugins()
+    family = _FAMILIES.get(name)
+    if family is not None:
+        return family
+    if ":" in name:
+        from .class_family import class_family
+
+        return class_family(name)
+    known = ", ".join(sorted(n for n, f in _FAMILIES.items() if f is not None))
+    raise FamilyNotLoadedError(f"unknown family {name!r}", hint=f"known families: {known}")
+
+
+def family_of_variant(family_name: str, family_source: str | None) -> Family:
+    """The family that builds a registered variant, using its recorded source for a class family
+    whose config class was named explicitly. Raises like `get_family`."""
+    source = FamilySource.from_label(family_source) if family_source else None
+    if source is not None and source.kind == "class" and source.config_class and family_name not in _FAMILIES:
+        from .class_family import class_family
+        from .plugins import load_plugins
+
+        load_plugins()
+        if family_name not in _FAMILIES:
+            return class_family(family_name, config_class=source.config_class)
+    return get_family(family_name)
 
 
 # --- configs -----------------------------------------------------------------------------------
 
-
-def _field_types(config_class: type) -> dict[str, Any]:
-    return typing.get_type_hints(config_class)
-
-
-def _coerce(value: Any, annotation: Any, where: str) -> Any:
-    """Check/convert a JSON-ish value to a config field's annotated type; raise UsageError if not."""
-    origin = typing.get_origin(annotation)
-    args = typing.get_args(annotation)
-    if annotation is Any:
-        return value
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for option in args:
-            if option is type(None):
-                continue
-            try:
-                return _coerce(value, option, where)
-            except UsageError as exc:
-                errors.append(exc.message)
-        raise UsageError(f"{where}: {value!r} is not a valid value ({'; '.join(errors)})")
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise UsageError(f"{where}: expected a list, got {value!r}")
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_coerce(v, args[0], where) for v in value)
-        if len(args) != len(value):
-            raise UsageError(f"{where}: expected {len(args)} items, got {value!r}")
-        return tuple(_coerce(v, a, where) for v, a in zip(value, args))
-    if origin is dict or annotation is dict:
-        if not isinstance(value, dict):
-            raise UsageError(f"{where}: expected a mapping, got {value!r}")
-        return dict(value)
-    if annotation is bool:
-        if isinstance(value, bool):
-            return value
-        raise UsageError(f"{where}: expected true or false, got {value!r}")
-    if annotation is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise UsageError(f"{where}: expected an integer, got {value!r}")
-    if annotation is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        raise UsageError(f"{where}: expected a number, got {value!r}")
-    if annotation is str:
-        if isinstance(value, str):
-            return value
-        raise UsageError(f"{where}: expected a string, got {value!r}")
-    if origin is typing.Literal:
-        if value in args:
-            return value
-        raise UsageError(f"{where}: expected one of {', '.join(map(repr, args))}, got {value!r}")
-    raise TypeError(f"{where}: unsupported config annotation {annotation!r}")
+# Kept for code written against the earlier private names.
+_field_types = field_types
+_coerce = coerce
 
 
 def make_config(family: Family, values: Mapping[str, Any] | None = None) -> Any:
     """A config of `family` from a mapping (JSON/YAML/--set values), every default filled in.
 
-    Raises `UsageError` for an unknown key or a value of the wrong type, and for whatever the
+    The family's `prepare_config` hook first maps a real config file onto its fields (diffusers'
+    `config.json`). Keys starting with `_` that are not fields are metadata and ignored. Raises
+    `UsageError` naming unknown keys, missing required keys, a value of the wrong type, or what the
     config class's own `__post_init__` rejects (`ValueError`).
     """
     values = dict(values or {})
-    types_by_name = _field_types(family.config_class)
-    unknown = sorted(set(values) - set(types_by_name))
-    if unknown:
-        raise UsageError(
-            f"unknown config key{'s' if len(unknown) > 1 else ''} for family {family.name!r}: {', '.join(unknown)}",
-            hint=f"`registry families` lists the fields of {family.name!r}",
-        )
-    coerced = {
-        key: _coerce(value, types_by_name[key], f"{family.name}.{key}") for key, value in values.items()
-    }
-    try:
-        return family.config_class(**coerced)
-    except ValueError as exc:
-        raise UsageError(f"invalid {family.name} config: {exc}") from None
+    if family.prepare_config is not None:
+        values = family.prepare_config(values)
+    return fill_dataclass(family.config_class, values, f"family {family.name!r}")
 
 
 def parse_set_option(assignment: str) -> tuple[str, Any]:
@@ -203,13 +283,13 @@ def parse_set_option(assignment: str) -> tuple[str, Any]:
 
 
 def config_dict(config: Any) -> dict[str, Any]:
-    """Every field of a config as plain JSON types (tuples become lists)."""
-    return json.loads(canonical_config_json(config))
+    """Every field of a config as plain JSON types (tuples become lists, enums their values)."""
+    return plain(config)
 
 
 def canonical_config_json(config: Any) -> str:
     """Canonical JSON of a config: every field, keys sorted, no whitespace (DESIGN §2)."""
-    return json.dumps(dataclasses.asdict(config), sort_keys=True, separators=(",", ":"))
+    return json.dumps(plain(config), sort_keys=True, separators=(",", ":"))
 
 
 # --- building ----------------------------------------------------------------------------------
