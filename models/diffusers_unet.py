@@ -4,11 +4,21 @@ The config dataclass names the `UNet2DConditionModel` arguments that Stable-Diff
 set, with diffusers' own defaults (a test checks them against diffusers' signature). Any other
 constructor argument goes in `extra`, passed through unchanged, so every diffusers UNet config can
 be expressed.
+
+Real configs register as they are (`prepare_config`): a diffusers `config.json` or the dict that
+diffusers' `create_unet_diffusers_config_from_ldm` returns may give every `UNet2DConditionModel`
+keyword at the top level; `_`-prefixed keys (`_class_name`, `_diffusers_version`) are metadata.
+A keyword outside the dataclass moves into `extra` unless it holds diffusers' default, so one
+architecture has one canonical config however it was written (and the built-in variants' stored
+configs do not change).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import functools
+import inspect
+import json
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from registry.catalog import builtin_variant
@@ -101,7 +111,47 @@ def compute_loss(model, batch):
     return noise_loss(prediction, batch)
 
 
-extend_family("diffusers-unet", make_batch=make_batch, compute_loss=compute_loss)
+@functools.cache
+def diffusers_defaults() -> dict[str, Any]:
+    """`{keyword: default}` of `UNet2DConditionModel.__init__` (imports diffusers)."""
+    from diffusers import UNet2DConditionModel
+
+    parameters = list(inspect.signature(UNet2DConditionModel.__init__).parameters.values())[1:]
+    return {p.name: p.default for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+
+
+def _as_json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=list)
+
+
+def prepare_config(values: dict[str, Any]) -> dict[str, Any]:
+    """A diffusers config mapping on this family's fields: `_` keys dropped (a `_class_name` other
+    than UNet2DConditionModel refused), other `UNet2DConditionModel` keywords moved into `extra`
+    unless they hold diffusers' default. Unknown keys stay, so `make_config` names them."""
+    class_name = values.get("_class_name")
+    if class_name is not None and class_name != "UNet2DConditionModel":
+        from registry.errors import UsageError
+
+        raise UsageError(f"this is a config of diffusers' {class_name}, not of UNet2DConditionModel "
+                         "(the diffusers-unet family)")
+    known = {f.name for f in fields(DiffusersUNetConfig)}
+    values = {k: v for k, v in values.items() if not str(k).startswith("_") or k in known}
+    outside = [k for k in values if k not in known]
+    if not outside:
+        return values
+    defaults = diffusers_defaults()
+    extra = dict(values.get("extra") or {})
+    for key in outside:
+        if key in defaults:
+            value = values.pop(key)
+            if _as_json(value) != _as_json(defaults[key]):
+                extra[key] = value
+    if extra or "extra" in values:
+        values["extra"] = extra
+    return values
+
+
+extend_family("diffusers-unet", make_batch=make_batch, compute_loss=compute_loss, prepare_config=prepare_config)
 
 
 builtin_variant(
