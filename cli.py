@@ -19,7 +19,7 @@ from typing import Any
 import click
 
 # Absolute imports: `python cli.py` (the benchmarks' fallback) runs this file as a script.
-from registry.command.commands import audit, database, matching, schemas, training, variants
+from registry.command.commands import audit, database, matching, schemas, training, variants, web
 from registry.command.commands._output import debug_enabled
 from registry.errors import RegistryError
 
@@ -86,6 +86,10 @@ main.add_command(audit.scan_command)
 
 # train (commands/training.py)
 main.add_command(training.train_command)
+
+# serve, report: the web view and its static twin (commands/web.py)
+main.add_command(web.serve_command)
+main.add_command(web.report_command)
 
 
 if __name__ == "__main__":
