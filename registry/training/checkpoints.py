@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from registry.atomic import temporary_of
 from registry.errors import CheckpointError
@@ -28,8 +28,9 @@ def checkpoint_path(out_dir: Path, step: int) -> Path:
 
 
 def checkpoints_in(out_dir: Path) -> list[tuple[int, Path]]:
-    """(step, path) of every finished training checkpoint in `out_dir`, newest first.
+    """(step, path) of every finished training checkpoint of ours in `out_dir`, newest first.
 
+    `registry.latest` finds the newest checkpoint of any trainer's naming (`--resume latest`).
     Temporary files of an interrupted write (`.step-….pt.tmp-…`) never match the name pattern.
     """
     if not out_dir.is_dir():
@@ -40,25 +41,6 @@ def checkpoints_in(out_dir: Path) -> list[tuple[int, Path]]:
         if match and path.is_file():
             found.append((int(match.group(1)), path))
     return sorted(found, reverse=True)
-
-
-def latest_checkpoint(out_dir: Path, readable: Callable[[Path], Any], warn: Callable[[str], None]) -> Any | None:
-    """`readable(path)` of the newest checkpoint in `out_dir` that reads, or None if there is none.
-
-    A newest file that does not read (a disk fault: our writes are atomic) is named in a warning
-    and the one before it is tried, so a requeued job continues from the last good step instead
-    of failing at 3 a.m.; it never silently starts over, because an empty answer means the folder
-    holds no checkpoint at all.
-    """
-    candidates = checkpoints_in(out_dir)
-    for step, path in candidates:
-        try:
-            return readable(path)
-        except CheckpointError as exc:
-            warn(f"skipping {path}: {exc.message}")
-    if candidates:
-        raise CheckpointError(f"none of the {len(candidates)} checkpoints in {out_dir} can be read")
-    return None
 
 
 def remove_interrupted_writes(out_dir: Path) -> list[Path]:
@@ -90,11 +72,17 @@ def _running(pid: int) -> bool:
 
 @dataclass(frozen=True)
 class TrainingState:
-    """What a resume restores besides the weights."""
+    """What a resume restores besides the weights.
+
+    `optimizer`, `optimizer_param_names` and `rng` are our trainer's; `extra` is every top-level
+    entry of the checkpoint besides the model and the registry record (a user's own
+    `optimizer_state_dict`, scheduler, epoch, ...; ours: `optimizer`, `step`, `rng`, ...).
+    """
 
     optimizer: dict[str, Any] | None
     optimizer_param_names: list[str] | None
     rng: Any | None
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def write_training_checkpoint(
@@ -112,8 +100,9 @@ def write_training_checkpoint(
     return save_checkpoint(checkpoint_path(out_dir, step), model_state, metadata, extra)
 
 
-def read_training_state(path: str) -> TrainingState:
-    """The optimizer and RNG state of a checkpoint our trainer wrote (all None for other files).
+def read_training_state(path: str, container: str | None = None, *, map_location: Any = "cpu") -> TrainingState:
+    """The optimizer and RNG state of a checkpoint our trainer wrote (None for other files), and
+    every top-level entry besides the model's `container` and the registry record (`extra`).
 
     Loads with `weights_only=True`, so no code in the file runs. Raises `CheckpointError` when
     the file cannot be loaded.
@@ -124,11 +113,17 @@ def read_training_state(path: str) -> TrainingState:
 
     import torch
 
+    from registry.tensors import REGISTRY_KEY
+
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        payload = torch.load(path, map_location=map_location, weights_only=True, mmap=True)
     except (RuntimeError, pickle.UnpicklingError, OSError) as exc:
         raise CheckpointError(f"{path}: cannot load its optimizer state ({str(exc).splitlines()[0]})") from None
-    if not isinstance(payload, dict) or not isinstance(payload.get("optimizer"), dict):
+    if not isinstance(payload, dict) or container is None:  # the whole file is the state dict
         return TrainingState(None, None, None)
+    model_key = container.split("/")[0]
+    extra = {key: value for key, value in payload.items() if key not in (model_key, REGISTRY_KEY)}
+    if not isinstance(payload.get("optimizer"), dict):
+        return TrainingState(None, None, None, extra)
     names = payload.get("optimizer_param_names")
-    return TrainingState(payload["optimizer"], list(names) if isinstance(names, list) else None, payload.get("rng"))
+    return TrainingState(payload["optimizer"], list(names) if isinstance(names, list) else None, payload.get("rng"), extra)

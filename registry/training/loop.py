@@ -17,10 +17,10 @@ from typing import Any, Callable
 from registry.errors import RegistryError, UsageError
 
 from . import distributed
-from .checkpoints import latest_checkpoint, remove_interrupted_writes, write_training_checkpoint
+from .checkpoints import remove_interrupted_writes, write_training_checkpoint
 from .environment import RankInfo
 from .recording import record_checkpoint, start_run
-from .resume import PartialLoad, ResumePlan, ResumeRefused, plan_resume
+from .resume import PartialLoad, ResumePlan, ResumeRefused, load_plan, plan_resume
 from .signals import EXIT_PREEMPTED, StopRequest, stop_on_preemption
 
 COMPLETED, PREEMPTED, UP_TO_DATE = "completed", "preempted", "up-to-date"
@@ -94,7 +94,9 @@ def _plan(reg: Any, spec: TrainSpec, log: Callable[[str], None]) -> ResumePlan |
         if not Path(spec.resume).exists():
             raise UsageError(f"--resume {spec.resume}: no such file or folder")
         return plan_resume(reg, spec.resume, **kwargs)
-    plan = latest_checkpoint(Path(spec.out_dir), lambda path: plan_resume(reg, str(path), **kwargs), log)
+    from registry.latest import open_latest
+
+    plan = open_latest(spec.out_dir, lambda found: plan_resume(reg, str(found.path), **kwargs), log)
     if plan is None:
         log(f"no checkpoint in {spec.out_dir} yet: starting a new run")
     return plan
@@ -122,23 +124,6 @@ def _build(family: Any, config: dict[str, Any], seed: int) -> Any:
     return family.build(make_config(family, config))
 
 
-def _load(model: Any, plan: ResumePlan) -> None:
-    """Load the plan's tensors; strictly unless it is a declared partial warm start."""
-    from registry.diff import diff_schemas
-    from registry.schema import schema_of_module, schema_of_state_dict
-
-    built, loaded = schema_of_module(model), schema_of_state_dict(plan.state_dict)
-    if plan.strict and built.fingerprint != loaded.fingerprint:
-        # The variant's recorded schema matched, but today's code builds it differently (drift).
-        lines = diff_schemas(built, loaded, "missing in checkpoint", "unexpected in checkpoint").lines(limit=8)
-        raise ResumeRefused(f"the current code builds {plan.variant} differently from {plan.source}; nothing was trained",
-                            details=lines, hint="`registry check` shows what moved")
-    result = model.load_state_dict(plan.state_dict, strict=plan.strict)
-    # The list printed for a warm start must be exactly what stayed at its fresh initialisation.
-    if plan.partial is not None and (sorted(result.missing_keys) != plan.partial.not_loaded or result.unexpected_keys):
-        raise RegistryError(f"warm start loaded other tensors than planned: {sorted(result.missing_keys)[:5]}")
-
-
 def _decide(reg: Any, spec: TrainSpec, ranks: RankInfo, log: Callable[[str], None]) -> tuple[_Start, ResumePlan | None, Any]:
     """Rank 0: what to build, its loaded model and optimizer state; the run is recorded here."""
     from registry.families import get_family
@@ -160,7 +145,7 @@ def _decide(reg: Any, spec: TrainSpec, ranks: RankInfo, log: Callable[[str], Non
         raise ResumeRefused(f"the current code builds {start.variant} differently from its registered schema",
                             hint="`registry check` shows what moved; `registry variants bump` records the new layout")
     if plan is not None:
-        _load(model, plan)
+        load_plan(model, plan)
         if plan.training.rng is not None:
             import torch
 

@@ -60,6 +60,7 @@ class ResumePlan:
     conversion: dict[str, Any] | None = None  # converter, exact, source fingerprint (in-memory conversion)
     partial: PartialLoad | None = None
     parent_run_id: str | None = None
+    warnings: list[str] = field(default_factory=list)  # e.g. optimizer state that could not be carried
 
     @property
     def strict(self) -> bool:
@@ -95,36 +96,42 @@ def _parent_run(reg: Any, info: CheckpointInfo) -> str | None:
     return record.run_id if record is not None else None
 
 
-def _model_parameter_names(family_name: str, config: dict[str, Any]) -> list[str]:
+def _parameter_names(family_name: str, config: Any) -> list[str]:
+    """`model.parameters()` order of a build, by name (built on the meta device)."""
     from registry.families import build_on_meta, get_family, make_config
 
     family = get_family(family_name)
-    return [name for name, _ in build_on_meta(family, make_config(family, config)).named_parameters()]
+    if isinstance(config, dict):
+        config = make_config(family, config)
+    return [name for name, _ in build_on_meta(family, config).named_parameters()]
 
 
 def _converted(info: CheckpointInfo, match: MatchResult, training: TrainingState):
-    """The converted state dict, the conversion record, and the optimizer state carried across (or None).
+    """The converted state dict, the conversion record, the training state carried across, and warnings.
 
-    The source tensors are loaded once and serve both the weights and AdamW's moments.
+    The source tensors are loaded once and serve both the weights and the optimizers' moments
+    (ours and the user's: see `carried_state`).
     """
     from registry.convert import matched_converter
     from registry.tensors import load_state_dict
 
-    from .optimizer_state import convert_optimizer_state
+    from .carried_state import converted_optimizers
 
     converter, source_config = matched_converter(match)
     source = load_state_dict(info, prefix=match.prefix)
     state = converter.convert_state_dict(source, source_config)
     conversion = {"method": converter.name, "exact": converter.exact, "source": os.path.abspath(info.path),
                   "source_fingerprint": info.schema.fingerprint, "in_memory": True}
-    optimizer = None
-    if training.optimizer is not None and training.optimizer_param_names and converter.exact:
-        optimizer = convert_optimizer_state(
-            training.optimizer, training.optimizer_param_names, source,
-            lambda moments: converter.convert_state_dict(moments, source_config),
-            _model_parameter_names(match.family, match.config),
-        )
-    return state, conversion, TrainingState(optimizer, None, training.rng)
+    extra, warnings = converted_optimizers(
+        training.extra,
+        source_names=lambda: _parameter_names(converter.source_family, source_config),
+        source_state=source,
+        convert=(lambda moments: converter.convert_state_dict(moments, source_config)) if converter.exact else None,
+        target_names=lambda: _parameter_names(match.family, match.config),
+    )
+    optimizer = extra.get("optimizer") if training.optimizer is not None else None
+    names = extra.get("optimizer_param_names") if optimizer is not None else None
+    return state, conversion, TrainingState(optimizer, names, training.rng, extra), warnings
 
 
 def _partial(reg: Any, info: CheckpointInfo, match: MatchResult, variant: str | None) -> tuple[Any, dict, PartialLoad]:
@@ -158,6 +165,7 @@ def plan_resume(
     variant: str | None = None,
     allow_partial: bool = False,
     allow_unsafe: bool = False,
+    map_location: Any = "cpu",
 ) -> ResumePlan:
     """Match `path` and prepare what to build and load; nothing is written.
 
@@ -167,6 +175,11 @@ def plan_resume(
     converter — unless `allow_partial`, which warm-starts the named (or nearest) variant from the
     tensors that fit, at step 0 with a fresh optimizer. Raises `CheckpointError` (exit 3) for an
     unreadable file.
+
+    `plan.training.extra` holds the checkpoint's other top-level entries (the user's
+    `optimizer_state_dict`, scheduler, epoch, ...) untouched, except optimizer state after a
+    conversion (carried into the new layout, or removed: see `carried_state`) and after a partial
+    warm start (removed); each removal is in `plan.warnings`. `map_location` places them.
     """
     from registry.tensors import load_state_dict
 
@@ -176,24 +189,52 @@ def plan_resume(
             raise UsageError(f"variant {variant} is a {known.family}, not a {family}")
     info = read_checkpoint(path, allow_unsafe=allow_unsafe)
     match = match_checkpoint(reg, info, family=family, variant=variant)
-    training = read_training_state(path) if info.format in TORCH_FORMATS else TrainingState(None, None, None)
+    training = (read_training_state(path, info.container, map_location=map_location)
+                if info.format in TORCH_FORMATS else TrainingState(None, None, None))
     step = info.step or 0
     conversion = partial = None
+    warnings: list[str] = []
     if match.status == EXACT:
         state = load_state_dict(info, prefix=match.prefix)
-        if match.prefix:  # a sub-model's optimizer state is not ours to take
-            training = TrainingState(None, None, training.rng)
+        if match.prefix:  # a sub-model's optimizer state is not ours to take (the user's stays in extra)
+            training = TrainingState(None, None, training.rng, training.extra)
     elif match.status == CONVERTIBLE:
-        state, conversion, training = _converted(info, match, training)
+        state, conversion, training, warnings = _converted(info, match, training)
     elif allow_partial and match.status not in (AMBIGUOUS, INFERRED):
+        from .carried_state import without_optimizers
+
         record, state, partial = _partial(reg, info, match, variant)
         match.variant, match.family, match.config = record.name, record.family, record.config
         match.schema_version_id = reg.latest_schema_version(record.name).id
-        training, step = TrainingState(None, None, None), 0
+        extra, warnings = without_optimizers(training.extra, "a warm start trains another layout")
+        training, step = TrainingState(None, None, None, extra), 0
     else:
         raise _refuse(info, match)
     return ResumePlan(
         source=os.path.abspath(path), info=info, match=match, variant=match.variant, family=match.family,
         config=match.config, schema_version_id=match.schema_version_id, state_dict=state, step=step,
         training=training, conversion=conversion, partial=partial, parent_run_id=_parent_run(reg, info),
+        warnings=warnings,
     )
+
+
+def load_plan(model: Any, plan: ResumePlan) -> None:
+    """Load the plan's tensors into `model` (built from `plan.family`/`plan.config`), strictly unless
+    the plan is a declared partial warm start.
+
+    Raises `ResumeRefused` when today's code builds the variant differently from the schema the
+    checkpoint matched (drift), and `RegistryError` when a warm start loaded other tensors than planned.
+    """
+    from registry.diff import diff_schemas
+    from registry.schema import schema_of_module, schema_of_state_dict
+
+    built, loaded = schema_of_module(model), schema_of_state_dict(plan.state_dict)
+    if plan.strict and built.fingerprint != loaded.fingerprint:
+        # The variant's recorded schema matched, but today's code builds it differently (drift).
+        lines = diff_schemas(built, loaded, "missing in checkpoint", "unexpected in checkpoint").lines(limit=8)
+        raise ResumeRefused(f"the current code builds {plan.variant} differently from {plan.source}; nothing was trained",
+                            details=lines, hint="`registry check` shows what moved")
+    result = model.load_state_dict(plan.state_dict, strict=plan.strict)
+    # The list printed for a warm start must be exactly what stayed at its fresh initialisation.
+    if plan.partial is not None and (sorted(result.missing_keys) != plan.partial.not_loaded or result.unexpected_keys):
+        raise RegistryError(f"warm start loaded other tensors than planned: {sorted(result.missing_keys)[:5]}")

@@ -1,0 +1,304 @@
+"""`registry.resume` and the write side, as a user's own trainer calls them (issue 11, item 5).
+
+Real tiny models, real SQLite registries, checkpoints written the way users write them
+(`{"model_state_dict", "optimizer_state_dict", "epoch"}`, Lightning, accelerate folders).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+import registry
+from registry.catalog import get_builtin_variant
+from registry.errors import UsageError
+from registry.families import get_family, make_config
+from registry.latest import latest_checkpoint, ranked_checkpoints
+from registry.store import open_registry
+from registry.store.variants import add_variant, init_builtin_variants
+
+REGISTRY = str(Path(sys.executable).with_name("registry"))
+VARIANTS = ["ctvit/tiny", "ctvit/tiny-optimized", "ldm-unet/tiny", "diffusers-unet/tiny"]
+
+
+@pytest.fixture
+def db(tmp_path) -> str:
+    url = f"sqlite:///{tmp_path / 'registry.db'}"
+    with open_registry(url, upgrade=True) as reg:
+        init_builtin_variants(reg, [get_builtin_variant(name) for name in VARIANTS])
+    return url
+
+
+def build(variant: str, seed: int = 0):
+    spec = get_builtin_variant(variant)
+    family = get_family(spec.family)
+    torch.manual_seed(seed)
+    return family.build(make_config(family, spec.config))
+
+
+def trained(model, family_name: str, steps: int = 1, groups: int = 1):
+    """`model` after `steps` AdamW steps (so the optimizer holds moments), and the optimizer."""
+    family = get_family(family_name)
+    params = list(model.parameters())
+    if groups == 1:
+        optimizer = torch.optim.AdamW(params, lr=1e-3)
+    else:  # weights with decay, the rest without: a common recipe
+        optimizer = torch.optim.AdamW([{"params": [p for p in params if p.dim() > 1]},
+                                       {"params": [p for p in params if p.dim() <= 1], "weight_decay": 0.0}], lr=1e-3)
+    config = make_config(family, get_builtin_variant(f"{family_name}/tiny").config)
+    for step in range(steps):
+        loss = family.compute_loss(model, family.make_batch(config, 2, torch.Generator().manual_seed(step)))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return optimizer
+
+
+def test_importing_registry_loads_neither_torch_nor_sqlalchemy():
+    code = ("import sys, registry; registry.resume, registry.start_run, registry.latest_checkpoint; "
+            "print(sorted(m for m in ('torch', 'sqlalchemy', 'diffusers') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+# --- a user's own checkpoint --------------------------------------------------------------------
+
+
+def test_a_users_checkpoint_resumes_with_its_own_entries_untouched(db, tmp_path):
+    model = build("ctvit/tiny", seed=3)
+    optimizer = trained(model, "ctvit")
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=10)
+    path = tmp_path / "my_checkpoint.pt"
+    torch.save({"model_state_dict": model.state_dict(), "optimizer_state_dict": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "epoch": 3, "best_loss": 0.25}, path)
+
+    resumed = registry.resume(path, db=db)
+
+    assert (resumed.variant, resumed.family, resumed.path, resumed.step) == ("ctvit/tiny", "ctvit", str(path), None)
+    assert resumed.match.status == "exact" and resumed.conversion is None and resumed.warnings == []
+    assert type(resumed.config).__name__ == "CTViTConfig"
+    assert resumed.config_dict == get_builtin_variant("ctvit/tiny").config | resumed.config_dict  # every default filled
+    assert resumed.model.training  # the mode of a fresh build: the resume does not switch it
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(resumed.model.state_dict()[name], tensor), name
+    assert sorted(resumed.extra) == ["best_loss", "epoch", "optimizer_state_dict", "scheduler"]
+    assert (resumed.extra["epoch"], resumed.extra["best_loss"], resumed.extra["scheduler"]) == (3, 0.25, scheduler.state_dict())
+    saved = optimizer.state_dict()
+    again = torch.optim.AdamW(resumed.model.parameters(), lr=1e-3)
+    again.load_state_dict(resumed.extra["optimizer_state_dict"])  # loads as the user's code would
+    for index, state in saved["state"].items():
+        assert torch.equal(state["exp_avg"], again.state_dict()["state"][index]["exp_avg"])
+
+
+def test_the_step_comes_from_the_checkpoint_else_from_its_name(db, tmp_path):
+    model = build("ctvit/tiny")
+    (tmp_path / "a").mkdir()
+    torch.save({"state_dict": model.state_dict(), "global_step": 1200, "epoch": 4}, tmp_path / "a" / "step-7.pt")
+    assert registry.resume(tmp_path / "a", db=db).step == 1200
+    (tmp_path / "b").mkdir()
+    torch.save({"state_dict": model.state_dict()}, tmp_path / "b" / "step-7.pt")
+    assert registry.resume(tmp_path / "b", db=db).step == 7
+
+
+# --- latest in a folder ---------------------------------------------------------------------------
+
+
+def touch(folder: Path, *names: str) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        if name.endswith("/"):
+            (folder / name).mkdir()
+            (folder / name / "model.safetensors").write_bytes(b"")
+        else:
+            (folder / name).write_bytes(b"")
+
+
+@pytest.mark.parametrize("names, newest, step", [
+    (["step-9.pt", "step-10.pt", "step-00000008.pt"], "step-10.pt", 10),  # by number, not by text
+    (["checkpoint-900/", "checkpoint-1000/", "checkpoint-50/"], "checkpoint-1000", 1000),  # accelerate / HF Trainer
+    (["checkpoint_2/", "checkpoint_10/"], "checkpoint_10", None),  # accelerate's automatic naming counts saves
+    (["epoch=0-step=100.ckpt", "epoch=1-step=200-val_loss=0.31.ckpt", "epoch=1-step=150.ckpt"],
+     "epoch=1-step=200-val_loss=0.31.ckpt", 200),  # Lightning
+    (["epoch=0-step=100.ckpt", "epoch=1-step=200.ckpt", "last.ckpt"], "last.ckpt", None),  # Lightning's save_last
+])
+def test_latest_knows_each_trainers_naming(tmp_path, names, newest, step):
+    touch(tmp_path / "runs", *names, ".step-11.pt.tmp-123-abcdef12", "notes.txt")
+    found = latest_checkpoint(tmp_path / "runs")
+    assert (found.path.name, found.step) == (newest, step)
+    assert len(ranked_checkpoints(tmp_path / "runs")) == len(names)
+
+
+def test_latest_in_a_folder_without_checkpoints_is_none_but_unknown_names_are_an_error(tmp_path):
+    touch(tmp_path / "empty", "notes.txt")
+    assert latest_checkpoint(tmp_path / "empty") is None
+    assert latest_checkpoint(tmp_path / "not-yet-created") is None
+    assert registry.resume(tmp_path / "empty", db="sqlite:///unused.db") is None
+    touch(tmp_path / "odd", "model_final.pth", "best.pt")
+    with pytest.raises(UsageError) as error:
+        latest_checkpoint(tmp_path / "odd")
+    assert error.value.message == f"{tmp_path / 'odd'} holds best.pt, model_final.pth, but no name tells which checkpoint is the newest"
+    with pytest.raises(UsageError, match="no such file"):
+        latest_checkpoint(tmp_path / "missing.pt")
+
+
+def test_an_accelerate_folder_resumes_from_its_model_weights(db, tmp_path):
+    from safetensors.torch import save_file
+
+    model = build("ctvit/tiny", seed=1)
+    for step in (500, 1000):
+        folder = tmp_path / "out" / f"checkpoint-{step}"
+        folder.mkdir(parents=True)
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "model.safetensors"))
+        torch.save({"state": {}, "param_groups": []}, folder / "optimizer.bin")
+    resumed = registry.resume(tmp_path / "out", db=db)
+    assert (resumed.path, resumed.step, resumed.extra) == (str(tmp_path / "out" / "checkpoint-1000"), 1000, {})
+    # the folder itself resumes too
+    assert registry.resume(tmp_path / "out" / "checkpoint-500", db=db).step == 500
+
+
+def test_a_lightning_checkpoint_resumes_the_model_under_its_prefix(db, tmp_path):
+    model = build("ctvit/tiny", seed=2)
+    optimizer = trained(model, "ctvit")
+    runs = tmp_path / "lightning"
+    runs.mkdir()
+    for step in (10, 20):
+        torch.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}, "global_step": step,
+                    "epoch": step // 10, "optimizer_states": [optimizer.state_dict()], "lr_schedulers": []},
+                   runs / f"epoch={step // 10}-step={step}.ckpt")
+    (runs / "epoch=3-step=30.ckpt").write_bytes(b"PK\x03\x04 a writer was killed here")
+    with pytest.warns(registry.ResumeWarning, match="skipping .*epoch=3-step=30.ckpt"):
+        resumed = registry.resume(runs, family="ctvit", db=db)
+    assert (resumed.variant, resumed.step, resumed.match.prefix) == ("ctvit/tiny", 20, "model.")
+    assert sorted(resumed.extra) == ["epoch", "global_step", "lr_schedulers", "optimizer_states"]
+    assert resumed.extra["optimizer_states"][0]["param_groups"] == optimizer.state_dict()["param_groups"]
+
+
+# --- conversion and refusal ------------------------------------------------------------------------
+
+
+def ldm_checkpoint(path: Path, groups: int = 1):
+    ldm = build("ldm-unet/tiny", seed=5)
+    optimizer = trained(ldm, "ldm-unet", groups=groups)
+    torch.save({"model_state_dict": ldm.state_dict(), "optimizer_state_dict": optimizer.state_dict(), "epoch": 2}, path)
+    return ldm, optimizer
+
+
+def test_an_ldm_checkpoint_resumes_as_diffusers_with_the_users_adamw_moments_converted(db, tmp_path):
+    path = tmp_path / "ldm.pt"
+    ldm, optimizer = ldm_checkpoint(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing is dropped: no warning
+        resumed = registry.resume(path, family="diffusers-unet", db=db)
+    assert (resumed.variant, resumed.conversion["method"]) == ("diffusers-unet/tiny", "ldm-unet->diffusers-unet")
+    assert type(resumed.model).__name__ == "UNet2DConditionModel"
+    torch.manual_seed(0)
+    sample, context, timesteps = torch.randn(2, 4, 16, 16), torch.randn(2, 5, 32), torch.tensor([10, 500])
+    with torch.no_grad():
+        difference = (ldm.eval()(sample, timesteps, context) - resumed.model.eval()(sample, timesteps, context).sample)
+    assert difference.abs().max().item() <= 1e-5
+
+    converted = resumed.extra["optimizer_state_dict"]
+    adamw = torch.optim.AdamW(resumed.model.parameters(), lr=1e-3)
+    adamw.load_state_dict(converted)  # loads into the diffusers model's optimizer as it is
+    ldm_index = [n for n, _ in ldm.named_parameters()].index("out.2.weight")
+    unet_index = [n for n, _ in resumed.model.named_parameters()].index("conv_out.weight")
+    assert torch.equal(optimizer.state_dict()["state"][ldm_index]["exp_avg"], converted["state"][unet_index]["exp_avg"])
+    assert resumed.extra["epoch"] == 2
+
+
+def test_a_users_optimizer_that_cannot_be_carried_across_a_conversion_is_removed_with_a_warning(db, tmp_path):
+    path = tmp_path / "ldm.pt"
+    ldm_checkpoint(path, groups=2)
+    with pytest.warns(registry.ResumeWarning, match="'optimizer_state_dict' .* was removed"):
+        resumed = registry.resume(path, family="diffusers-unet", db=db)
+    assert sorted(resumed.extra) == ["epoch"]  # never left in the LDM layout, where it would load silently wrong
+    assert len(resumed.warnings) == 1
+
+
+def test_a_checkpoint_no_build_loads_is_refused_with_the_grouped_diff(db, tmp_path):
+    model = build("ctvit/tiny")
+    renamed = {k.replace("enc_spatial_transformer.", "spatial_encoder."): v for k, v in model.state_dict().items()}
+    path = tmp_path / "refactored.pt"
+    torch.save({"model_state_dict": renamed, "epoch": 1}, path)
+    with pytest.raises(registry.ResumeRefused) as refused:
+        registry.resume(path, db=db)
+    assert refused.value.exit_code == 1
+    assert refused.value.message == f"{path}: no registered build loads this checkpoint (nearest: ctvit/tiny); nothing was trained"
+    assert any("enc_spatial_transformer." in line and "spatial_encoder." in line for line in refused.value.details)
+
+
+# --- the write side ---------------------------------------------------------------------------------
+
+
+def registry_json(db: str, *args: str) -> dict:
+    done = subprocess.run([REGISTRY, "--db", db, *args, "--json"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def test_embedded_metadata_links_runs_and_is_what_match_and_audit_read(db, tmp_path):
+    model = build("ctvit/tiny", seed=4)
+    optimizer = trained(model, "ctvit")
+    out = tmp_path / "runs"
+    out.mkdir()
+    with registry.start_run(model, db=db) as first:  # the variant is the one the model builds
+        assert (first.variant, first.family) == ("ctvit/tiny", "ctvit")
+        path = out / "step-5.pt"
+        torch.save({"model_state_dict": model.state_dict(), "optimizer_state_dict": optimizer.state_dict(), "epoch": 1,
+                    "registry": first.checkpoint_metadata(model, step=5)}, path)
+        logged = first.log_checkpoint(path)
+    assert (logged.status, logged.variant, logged.step, logged.run_id) == ("exact", "ctvit/tiny", 5, first.id)
+
+    match = registry_json(db, "match", str(path))
+    assert (match["status"], match["evidence"], match["variant"]) == ("exact", "embedded", "ctvit/tiny")
+
+    resumed = registry.resume(out, db=db)
+    assert (resumed.step, resumed.run_id, resumed.match.evidence) == (5, first.id, "embedded")
+    second = registry.start_run(resumed.model, resumed=resumed, db=db)
+    second.end("preempted")
+
+    audit = registry_json(db, "audit")
+    [chain] = audit["chains"]
+    assert chain["root"] == first.id
+    assert [(r["id"], r["status"]) for r in chain["runs"]] == [(first.id, "completed"), (second.id, "preempted")]
+    with open_registry(db) as reg:
+        run = reg.get_run(second.id)
+        assert run.parent_run_id == first.id
+        assert reg.list_checkpoints()[0].id == run.resumed_from_checkpoint_id
+
+
+def test_a_model_the_registry_does_not_know_is_refused_before_training(db, tmp_path):
+    family = get_family("ctvit")
+    other = family.build(make_config(family, {**get_builtin_variant("ctvit/tiny").config, "dim": 48}))
+    with pytest.raises(registry.UnregisteredModelError, match="no registered variant builds this model") as error:
+        registry.start_run(other, db=db)
+    assert error.value.exit_code == 1
+    with pytest.raises(registry.UnregisteredModelError, match="is not the registered build of ctvit/tiny-optimized"):
+        registry.start_run(build("ctvit/tiny"), variant="ctvit/tiny-optimized", db=db)
+    with open_registry(db) as reg:
+        assert reg.list_runs() == []
+
+    run = registry.start_run(build("ctvit/tiny"), db=db)
+    with pytest.raises(registry.UnregisteredModelError, match="not the ctvit/tiny build run"):
+        run.checkpoint_metadata(other, step=1)
+    # Without a run: the record names the variant and no run.
+    record = registry.checkpoint_metadata(build("ctvit/tiny"), step=3, db=db)
+    assert (record["variant"], record["run_id"], record["step"]) == ("ctvit/tiny", None, 3)
+
+
+def test_a_file_saved_by_another_run_is_not_logged_as_this_runs(db, tmp_path):
+    model = build("ctvit/tiny")
+    first, second = registry.start_run(model, db=db), registry.start_run(model, db=db)
+    path = tmp_path / "a.pt"
+    torch.save({"model": model.state_dict(), "registry": first.checkpoint_metadata(model, step=1)}, path)
+    with pytest.raises(UsageError, match=f"saved by run {first.id}, not {second.id}"):
+        second.log_checkpoint(path)
+    bare = tmp_path / "b.pt"  # no embedded record: the run that logs it owns it
+    torch.save({"model": model.state_dict(), "step": 2}, bare)
+    assert second.log_checkpoint(bare).run_id == second.id
