@@ -65,6 +65,16 @@ def _read(display: str, allow_unsafe: bool, limits: Limits) -> CheckpointInfo:
 
             return read_index(display, allow_unsafe=allow_unsafe, limits=limits)
         raise FormatError("it is a JSON file; pass the checkpoint, its folder, or its *.index.json")
+    name = os.path.basename(display)
+    if name == ".metadata":  # a torch.distributed.checkpoint folder's metadata: the folder is the checkpoint
+        from .dcp import read_dcp
+
+        return read_dcp(os.path.dirname(display) or ".", allow_unsafe=allow_unsafe, limits=limits)
+    if name.endswith("_model_states.pt"):  # DeepSpeed: ZeRO-3 placeholders need `param_shapes`
+        from .deepspeed import MODEL_STATES, read_deepspeed
+
+        if MODEL_STATES.match(name):
+            return read_deepspeed(display, allow_unsafe=allow_unsafe, limits=limits)
     fmt, raw, size = read_file(display, allow_unsafe=allow_unsafe, limits=limits)
     return build_info(display, fmt, raw, size, limits)
 

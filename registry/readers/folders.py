@@ -39,6 +39,9 @@ def read_folder(folder: str, *, allow_unsafe: bool, limits: Limits) -> Checkpoin
         parts = [n for n in names if os.path.isdir(os.path.join(folder, n))]
         raise FormatError("it is a diffusers pipeline folder (model_index.json); fingerprint one component, e.g. "
                           + os.path.join(folder, "unet" if "unet" in parts else (parts or ["unet"])[0]))
+    sharded = _distributed_checkpoint(folder, names, allow_unsafe, limits)
+    if sharded is not None:
+        return sharded
     chosen, warnings = _choose_weights(names)
     accelerate = any(_ACCELERATE.match(n) for n in names)
     diffusers = "config.json" in names and chosen.startswith("diffusion_pytorch_model")
@@ -61,6 +64,35 @@ def read_folder(folder: str, *, allow_unsafe: bool, limits: Limits) -> Checkpoin
     info.metadata.update(extra)
     info.warnings[:0] = warnings
     return info
+
+
+_FSDP_MODEL = "pytorch_model_fsdp_0"  # accelerate's SHARDED_STATE_DICT model folder (a DCP folder)
+
+
+def _distributed_checkpoint(folder: str, names: list[str], allow_unsafe: bool, limits: Limits) -> CheckpointInfo | None:
+    """A torch.distributed.checkpoint or DeepSpeed folder's model, or None for other folders."""
+    if ".metadata" in names and any(n.endswith(".distcp") for n in names):
+        from .dcp import read_dcp
+
+        return read_dcp(folder, allow_unsafe=allow_unsafe, limits=limits)
+    if any(n.endswith("_model_states.pt") for n in names) or ("latest" in names and any(
+            n.startswith("zero_to_fp32") for n in names)):
+        from .deepspeed import is_deepspeed_folder, read_deepspeed
+
+        if is_deepspeed_folder(names):
+            return read_deepspeed(folder, allow_unsafe=allow_unsafe, limits=limits)
+    inner = os.path.join(folder, _FSDP_MODEL)
+    if _FSDP_MODEL in names and not any(_WEIGHTS.match(n) for n in names) and os.path.isdir(inner):
+        from .dcp import folder_step, read_dcp
+
+        info = read_dcp(inner, allow_unsafe=allow_unsafe, limits=limits)
+        info.path = folder
+        info.warnings.insert(0, f"read the FSDP sharded model in {_FSDP_MODEL}/ (optimizer state is not the model)")
+        step = folder_step(folder)
+        if step is not None:
+            info.metadata.setdefault("step", step)
+        return info
+    return None
 
 
 def _choose_weights(names: list[str]) -> tuple[str, list[str]]:

@@ -1,0 +1,386 @@
+"""torch.distributed.checkpoint (DCP) folders: the `.metadata` pickle only, never the shards.
+
+A DCP folder (FSDP2, torchtitan, Lightning's FSDP strategy, Accelerate's SHARDED_STATE_DICT)
+holds `.metadata` beside `__<rank>_<n>.distcp` shard files. `.metadata` is a pickle of
+`torch.distributed.checkpoint.metadata.Metadata`:
+- `state_dict_metadata`: FQN -> `TensorStorageMetadata(properties, size, chunks)` (the global
+  shape and the chunks each rank wrote) or `BytesStorageMetadata` (any other object);
+- `planner_data`: FQN -> the key path in the state dict that was saved (`("model", "fc.weight")`);
+- `storage_data`: `MetadataIndex` -> `_StorageInfo(relative_path, offset, length)`.
+torch's own reader runs `pickle.load` on it; here it is interpreted like every other pickle
+(nothing imported, nothing called), with only the DCP metadata classes (and the torch enums and
+layouts they use) allowed as inert data records. The chunks must tile each global shape exactly.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+from bisect import bisect_left
+from itertools import product
+from typing import Any
+
+from .info import CheckpointInfo
+from .layout import NOT_MODEL
+from .limits import FormatError, LimitError, Limits
+from .policy import Findings
+from .records import Global, Instance, TensorRecord
+from .torch_pickle import RawCheckpoint
+from .unpickler import MetadataUnpickler
+
+METADATA_FILE = ".metadata"
+MAX_CHUNKS_PER_TENSOR = 65_536  # a tensor's chunks: one per rank and mesh cell; far above any cluster
+MAX_TILING_CELLS = 4_000_000  # work spent proving that the chunks of all tensors tile their shapes
+
+_DCP = "torch.distributed.checkpoint"
+_SHARD = "torch.distributed._shard.sharded_tensor.metadata"  # torch 2.0-2.1 kept TensorProperties here
+# The only globals a `.metadata` pickle may name beyond the plain ones every reader allows.
+DCP_GLOBALS = frozenset({
+    *((f"{_DCP}.metadata", name) for name in (
+        "Metadata", "TensorStorageMetadata", "BytesStorageMetadata", "ChunkStorageMetadata", "TensorProperties",
+        "MetadataIndex", "StorageMeta", "_MEM_FORMAT_ENCODING")),
+    (f"{_DCP}.filesystem", "_StorageInfo"),
+    (_SHARD, "TensorProperties"), (_SHARD, "MEM_FORMAT_ENCODING"),
+    ("torch.serialization", "_get_layout"),  # how torch pickles `torch.strided`
+})
+OTHER_STATE = re.compile(r"^(optim|optimizer|optimizers|lr_scheduler|scheduler)(_\d+)?$")
+OPTIMIZER_HEADS = ("optim", "optimizer")  # flat FQNs `optim.state.fc.weight.exp_avg`
+
+
+def _record(vm: Any, func: Global, args: tuple) -> Instance:
+    return Instance(func, args)
+
+
+class DcpUnpickler(MetadataUnpickler):
+    """The metadata unpickler, with DCP's metadata classes as data records (never imported)."""
+
+    def find_global(self, module: str, name: str) -> Global:
+        if (module, name) in DCP_GLOBALS:
+            key = (module, name)
+            found = self.globals.get(key)
+            if found is None:
+                found = self.globals[key] = Global(module, name, "benign", _record)
+            return found
+        return super().find_global(module, name)
+
+
+def is_dcp_folder(names: list[str] | set[str]) -> bool:
+    """Whether a folder's file names are those of a DCP checkpoint."""
+    return METADATA_FILE in names and any(name.endswith(".distcp") for name in names)
+
+
+def read_dcp(folder: str, *, allow_unsafe: bool, limits: Limits) -> CheckpointInfo:
+    """The model schema of a DCP folder from its `.metadata` (global names and shapes).
+
+    Raises FormatError / LimitError (corrupt, hostile or inconsistent metadata, a missing shard,
+    a folder holding only optimizer state) and UnsafeCheckpointError (the pickle would run code).
+    """
+    from .checkpoint import build_info
+
+    parsed = parse_metadata(folder, allow_unsafe=allow_unsafe, limits=limits)
+    model, set_aside = split_other_state(parsed.tree)
+    if not model:
+        raise FormatError("it holds no model tensors (only " + ", ".join(set_aside[:5]) + "): a DCP folder of "
+                          "optimizer or trainer state; pass the folder of the model")
+    step = folder_step(folder)
+    extra: dict[str, Any] = {"dcp": {"version": parsed.version, "shards": len(parsed.shards),
+                                     "other_state": set_aside[:20]}}
+    if step is not None:
+        extra["step"] = step
+    raw = RawCheckpoint(root=model, files=[os.path.join(folder, METADATA_FILE)], warnings=parsed.warnings)
+    info = build_info(folder, "dcp-folder", raw, parsed.size_bytes, limits, extra_metadata=extra)
+    if parsed.infix_wrappers:
+        info.wrapper = (info.wrapper or "") + "".join(parsed.infix_wrappers)
+    return info
+
+
+class ParsedMetadata:
+    """A DCP `.metadata` read and checked: `tensors` maps each saved FQN to (dtype, global shape);
+    `tree` is the state dict that was saved, rebuilt from `planner_data` with tensor records as
+    leaves (object entries dropped, FSDP wrapper segments removed from names); `names` maps each
+    tree path back to its FQN in the folder."""
+
+    def __init__(self) -> None:
+        self.tensors: dict[str, tuple[str, tuple[int, ...]]] = {}
+        self.objects: list[str] = []
+        self.tree: dict[Any, Any] = {}
+        self.names: dict[tuple, str] = {}
+        self.shards: list[str] = []
+        self.size_bytes = 0
+        self.version: str | None = None
+        self.warnings: list[str] = []
+        self.infix_wrappers: list[str] = []
+
+
+def parse_metadata(folder: str, *, allow_unsafe: bool, limits: Limits) -> ParsedMetadata:
+    """Read and check `folder/.metadata`; see `ParsedMetadata`. Raises as `read_dcp`."""
+    path = os.path.join(folder, METADATA_FILE)
+    data = _read_capped(path, limits.max_pickle_bytes)
+    findings = Findings()
+    machine = DcpUnpickler(data, limits=limits, findings=findings)
+    try:
+        root = machine.load()
+    except FormatError:
+        findings.verdict(path, allow_unsafe=allow_unsafe, where=".metadata")
+        raise
+    parsed = ParsedMetadata()
+    parsed.warnings = findings.verdict(path, allow_unsafe=allow_unsafe, where=".metadata")
+    fields = _fields(root, "Metadata", "the .metadata pickle")
+    entries = fields.get("state_dict_metadata")
+    if type(entries) is not dict:
+        raise FormatError(".metadata has no state_dict_metadata mapping of names to tensors")
+    version = fields.get("version")
+    parsed.version = version if type(version) is str else None
+    budget = [MAX_TILING_CELLS]
+    chunks_seen = 0
+    for fqn, entry in entries.items():
+        if type(fqn) is not str:
+            raise FormatError(f".metadata names an entry by a {type(fqn).__name__}, not a string")
+        kind = entry.cls.name if type(entry) is Instance and entry.cls is not None else None
+        if kind == "BytesStorageMetadata":
+            parsed.objects.append(fqn)
+            continue
+        if kind != "TensorStorageMetadata":
+            raise FormatError(f".metadata entry {fqn[:80]!r} is a {_what(entry)}, not tensor or bytes storage metadata")
+        dtype, shape, count = _check_tensor(fqn, _fields(entry, kind, f"entry {fqn[:80]!r}"), budget)
+        chunks_seen += count
+        if chunks_seen > limits.max_tensors:
+            raise LimitError(f".metadata lists more than {limits.max_tensors:,} chunks")
+        parsed.tensors[fqn] = (dtype, shape)
+    if len(parsed.tensors) > limits.max_tensors:
+        raise LimitError(f".metadata lists more than {limits.max_tensors:,} tensors")
+    _build_tree(parsed, fields.get("planner_data"))
+    _check_shards(parsed, folder, fields.get("storage_data"), limits)
+    parsed.size_bytes += len(data)
+    return parsed
+
+
+def _read_capped(path: str, cap: int) -> bytes:
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        raise FormatError(f"{METADATA_FILE} is missing, so it is not a complete DCP checkpoint") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise FormatError(f"{METADATA_FILE} is not a regular file")
+    if info.st_size > cap:
+        raise LimitError(f"{METADATA_FILE} is {info.st_size:,} bytes, over the {cap:,}-byte limit")
+    with open(path, "rb") as handle:
+        data = handle.read(cap + 1)
+    if not data:
+        raise FormatError(f"{METADATA_FILE} is empty (an interrupted save?)")
+    return data
+
+
+def _fields(value: Any, expected: str, what: str) -> dict:
+    """The attributes a DCP dataclass instance was pickled with (its BUILD state)."""
+    if type(value) is not Instance or value.cls is None or value.cls.name != expected:
+        raise FormatError(f"{what} is a {_what(value)}, not a DCP {expected}")
+    state = value.state
+    if type(state) is tuple and len(state) == 2 and (state[0] is None or type(state[0]) is dict):
+        state = {**(state[0] or {}), **(state[1] if type(state[1]) is dict else {})}  # slots
+    if type(state) is not dict:
+        raise FormatError(f"{what}: a malformed {expected} record")
+    return state
+
+
+def _what(value: Any) -> str:
+    if type(value) is Instance:
+        return value.type_name
+    if type(value) is Global:
+        return value.path
+    return type(value).__name__
+
+
+def _dims(value: Any, what: str) -> tuple[int, ...]:
+    if type(value) not in (tuple, list) or len(value) > 64 or any(type(d) is not int for d in value):
+        raise FormatError(f"{what} is not a list of integers")
+    if any(d < 0 for d in value):
+        raise FormatError(f"{what} {list(value)[:8]} has a negative size")
+    return tuple(value)
+
+
+def _dtype(properties: Any, fqn: str) -> str:
+    from .dtypes import ELEMENT_BYTES
+
+    if type(properties) is not Instance or properties.cls is None or properties.cls.name != "TensorProperties":
+        raise FormatError(f"tensor {fqn[:80]!r} has no TensorProperties")
+    state = properties.state
+    dtype = state[0] if type(state) is tuple and state else state.get("dtype") if type(state) is dict else None
+    name = dtype.value if type(dtype) is Global else None
+    if type(name) is not str or name not in ELEMENT_BYTES:
+        raise FormatError(f"tensor {fqn[:80]!r} has an unknown dtype {_what(dtype)}")
+    return name
+
+
+def _check_tensor(fqn: str, fields: dict, budget: list[int]) -> tuple[str, tuple[int, ...], int]:
+    """(dtype, global shape, chunk count) of one tensor; its chunks must tile the shape exactly."""
+    what = f"tensor {fqn[:80]!r}"
+    dtype = _dtype(fields.get("properties"), fqn)
+    shape = _dims(fields.get("size"), f"{what}: the global shape")
+    chunks = fields.get("chunks")
+    if type(chunks) is not list:
+        raise FormatError(f"{what} has no list of chunks")
+    if len(chunks) > MAX_CHUNKS_PER_TENSOR:
+        raise LimitError(f"{what} is split into {len(chunks):,} chunks, more than {MAX_CHUNKS_PER_TENSOR:,}")
+    boxes = []
+    for chunk in chunks:
+        parts = _fields(chunk, "ChunkStorageMetadata", f"a chunk of {what}")
+        offsets = _dims(parts.get("offsets"), f"{what}: chunk offsets")
+        sizes = _dims(parts.get("sizes"), f"{what}: chunk sizes")
+        if len(offsets) != len(shape) or len(sizes) != len(shape):
+            raise FormatError(f"{what} has shape {list(shape)} but a chunk of {len(sizes)} dimensions")
+        for offset, size, dim in zip(offsets, sizes, shape):
+            if offset + size > dim:
+                raise FormatError(f"{what}: a chunk at {list(offsets)} of size {list(sizes)} lies outside its "
+                                  f"global shape {list(shape)}")
+        boxes.append((offsets, sizes))
+    _check_tiling(what, shape, boxes, budget)
+    return dtype, shape, len(chunks)
+
+
+def _check_tiling(what: str, shape: tuple[int, ...], boxes: list, budget: list[int]) -> None:
+    """Every element of the global shape lies in exactly one chunk (a shape lie is refused).
+
+    The chunk edges cut each dimension into intervals; each cell of that grid must be covered
+    once. Work is bounded by the grid's size, which for real sharding is the chunk count.
+    """
+    volume = 1
+    for dim in shape:
+        volume *= dim
+    covered = 0
+    for _offsets, sizes in boxes:
+        part = 1
+        for size in sizes:
+            part *= size
+        covered += part
+    if covered != volume:
+        raise FormatError(f"{what}: its chunks hold {covered:,} elements but its global shape {list(shape)} has "
+                          f"{volume:,}; the chunks do not tile the shape")
+    if volume == 0 or len(boxes) == 1:
+        return  # one chunk inside the shape with the full volume is the whole tensor
+    cuts = []
+    for axis, dim in enumerate(shape):
+        edges = {0, dim}
+        for offsets, sizes in boxes:
+            edges.add(offsets[axis])
+            edges.add(offsets[axis] + sizes[axis])
+        cuts.append(sorted(edges))
+    cells = 1
+    for edges in cuts:
+        cells *= len(edges) - 1
+    budget[0] -= cells
+    if budget[0] < 0:
+        raise LimitError(f"{what}: its chunks cut the tensor into {cells:,} pieces; too fragmented to check")
+    seen = bytearray(cells)
+    for offsets, sizes in boxes:
+        if 0 in sizes:
+            continue
+        ranges = [range(bisect_left(edges, offsets[axis]), bisect_left(edges, offsets[axis] + sizes[axis]))
+                  for axis, edges in enumerate(cuts)]
+        for cell in product(*ranges):
+            index = 0
+            for axis, position in enumerate(cell):
+                index = index * (len(cuts[axis]) - 1) + position
+            if seen[index]:
+                raise FormatError(f"{what}: two chunks overlap; the chunks do not tile its global shape {list(shape)}")
+            seen[index] = 1
+
+
+_FSDP_SEGMENTS = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.")
+
+
+def _clean(name: str, parsed: ParsedMetadata) -> str:
+    """`layers.0._fsdp_wrapped_module.attn.weight` -> `layers.0.attn.weight` (FSDP1 / activation
+    checkpointing wrap modules anywhere in the tree, so their segment can sit mid-name)."""
+    for segment in _FSDP_SEGMENTS:
+        if segment in name:
+            name = name.replace(segment, "")
+            if segment not in parsed.infix_wrappers:
+                parsed.infix_wrappers.append(segment)
+    return name
+
+
+def _build_tree(parsed: ParsedMetadata, planner_data: Any) -> None:
+    """The saved state dict's nesting from `planner_data`; flat FQNs when it is absent or does
+    not describe these entries (a custom planner)."""
+    paths = {}
+    if type(planner_data) is dict:
+        for fqn in parsed.tensors:
+            path = planner_data.get(fqn)
+            if (type(path) is not tuple or not path or not all(type(p) in (str, int) for p in path)
+                    or ".".join(map(str, path)) != fqn):
+                paths = {}
+                break
+            paths[fqn] = path
+    tree: dict[Any, Any] = {}
+    for fqn, (dtype, shape) in parsed.tensors.items():
+        path = paths.get(fqn, (fqn,))
+        path = path[:-1] + (_clean(path[-1], parsed) if type(path[-1]) is str else path[-1],)
+        node = tree
+        for key in path[:-1]:
+            node = node.setdefault(key, {})
+            if type(node) is not dict:
+                raise FormatError(f".metadata puts {fqn[:80]!r} beneath another tensor")
+        if path[-1] in node:
+            raise FormatError(f".metadata names tensor {fqn[:80]!r} twice once FSDP wrappers are removed")
+        node[path[-1]] = TensorRecord(dtype, shape)
+        parsed.names[path] = fqn
+    parsed.tree = tree
+
+
+def split_other_state(tree: dict) -> tuple[dict, list[str]]:
+    """(the tree without optimizer / scheduler state, the top-level keys set aside).
+
+    Nested trainers save `{"model": ..., "optim": ...}` (`optimizer_0` in Lightning); torchtitan
+    flattens the model to the top beside `optimizer.state.<fqn>.exp_avg` FQNs.
+    """
+    model, aside = {}, []
+    for key, value in tree.items():
+        head = key.split(".", 1)[0] if type(key) is str else key
+        other = (type(value) is dict and (key in NOT_MODEL or (type(key) is str and OTHER_STATE.match(key))))
+        if other or (type(key) is str and "." in key and head in OPTIMIZER_HEADS):
+            aside.append(str(head))
+            continue
+        model[key] = value
+    return model, sorted(set(aside))
+
+
+def _check_shards(parsed: ParsedMetadata, folder: str, storage_data: Any, limits: Limits) -> None:
+    """The shard files `storage_data` names exist (by stat; never opened) and their total size."""
+    names: set[str] = set()
+    if type(storage_data) is dict:
+        for info in storage_data.values():
+            state = info.state if type(info) is Instance else None
+            relative = state.get("relative_path") if type(state) is dict else None
+            if type(relative) is not str:
+                names = set()
+                break
+            names.add(relative)
+            if len(names) > limits.max_shards:
+                raise LimitError(f".metadata names more than {limits.max_shards:,} shard files")
+    if not names:
+        names = {n for n in os.listdir(folder) if n.endswith(".distcp")}
+        parsed.warnings.append(".metadata does not name its shard files (a custom storage writer?); "
+                               "counted the *.distcp files")
+    for name in sorted(names):
+        if name != os.path.basename(name) or name in ("", ".", "..") or "\\" in name:
+            raise FormatError(f".metadata names shard {name[:80]!r} outside its folder")
+        try:
+            size = os.stat(os.path.join(folder, name)).st_size
+        except FileNotFoundError:
+            raise FormatError(f"shard {name} named by .metadata is missing (an incomplete copy?)") from None
+        parsed.size_bytes += size
+        parsed.shards.append(name)
+
+
+_STEP_FOLDER = re.compile(r"^(?:step|checkpoint|global_step|iter|iteration)[-_]?0*(\d+)$")
+_LIGHTNING_STEP = re.compile(r"(?:^|-)step=0*(\d+)(?:-[^/]*)?(?:\.ckpt)?$")  # `epoch=0-step=1200.ckpt`
+
+
+def folder_step(folder: str) -> int | None:
+    """The step a trainer's folder name records (`step-1200`, `checkpoint-1200`, `global_step1200`,
+    Lightning's `epoch=3-step=1200.ckpt`), or None."""
+    name = os.path.basename(os.path.normpath(folder))
+    match = _STEP_FOLDER.match(name) or _LIGHTNING_STEP.search(name)
+    return int(match.group(1)) if match else None
