@@ -80,25 +80,34 @@ def _echo_outcome(outcome: Any) -> None:
 
 @variants_group.command("add")
 @click.argument("name")
-@click.option("--family", "family_name", required=True, help="The family that builds it (see `registry families`).")
+@click.option("--family", "family_name", help="The family that builds it (see `registry families`).")
+@click.option("--class", "class_target", metavar="PKG.MODULE:CLASS",
+              help="A model class as the family: its constructor's keyword arguments are the config.")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML or JSON file of config values.")
+@click.option("--config-key", "config_key", metavar="A.B", help="Dotted key path of the config inside --config.")
+@click.option("--config-class", "config_class", metavar="PKG.MODULE:CONFIG",
+              help="With --class: the config object its constructor takes (else its parameter's annotation).")
 @click.option("--set", "assignments", multiple=True, metavar="KEY=VALUE", help="Override one config value (repeatable).")
 @click.option("--description", default="", help="One line saying what the variant is for.")
 @json_option
 @click.pass_context
-def variants_add_command(ctx: click.Context, name: str, family_name: str, config_file: str | None,
+def variants_add_command(ctx: click.Context, name: str, family_name: str | None, class_target: str | None,
+                         config_file: str | None, config_key: str | None, config_class: str | None,
                          assignments: tuple[str, ...], description: str, as_json: bool) -> None:
-    """Register variant NAME (`family/` is prefixed when missing) with its first schema version.
+    """Register variant NAME with its first schema version. With --family, `family/` is prefixed
+    when NAME has no `/`. Without --family or --class, the config's Hydra `_target_` names the class.
 
     \b
-    Example:
+    Examples:
       registry variants add ctvit/wide --family ctvit --set dim=768
+      registry variants add gpt/small --class src.models.gpt:GPT --config configs/gpt.yaml --config-key model
     """
     from registry.configs import config_from_options
     from registry.store.variants import add_variant
 
-    family, config = config_from_options(family_name, None, config_file, assignments)
-    full_name = name if "/" in name else f"{family.name}/{name}"
+    family, config = config_from_options(family_name, None, config_file, assignments, class_target=class_target,
+                                         config_key=config_key, config_class=config_class)
+    full_name = name if "/" in name or not family_name else f"{family.name}/{name}"
     with open_registry_from(ctx) as reg:
         outcome = add_variant(reg, full_name, family.name, config, description)
     if as_json:
@@ -164,23 +173,28 @@ def variants_diff_command(ctx: click.Context, old: str, new: str, as_json: bool)
 
 @click.command("check")
 @click.argument("variants", nargs=-1)
+@click.option("--no-behaviour", "no_behaviour", is_flag=True,
+              help="Check layouts only: skip rerunning each variant's behaviour probe.")
 @json_option
 @click.pass_context
-def check_command(ctx: click.Context, variants: tuple[str, ...], as_json: bool) -> None:
-    """Rebuild every registered variant from the current code; exit 1 if any layout moved.
+def check_command(ctx: click.Context, variants: tuple[str, ...], no_behaviour: bool, as_json: bool) -> None:
+    """Rebuild every registered variant from the current code; exit 1 if any layout or behaviour moved.
 
     Compares each variant's fingerprint (names and shapes) and module signature (module classes)
-    with its latest schema version, and names the package versions that changed. Meant for CI.
+    with its latest schema version, and names the package versions that changed. When the layout
+    is unchanged, reruns the family's behaviour probe (name-derived weights, a fixed input) and
+    compares the outputs with the recorded digest. Meant for CI.
 
     \b
     Examples:
       registry check
       registry check ctvit/baseline --json
+      registry check --no-behaviour
     """
-    from registry.drift import check_all
+    from registry.drift import behaviour_notes, check_all
 
     with open_registry_from(ctx, readonly=True) as reg:
-        reports = check_all(reg, list(variants) or None)
+        reports = check_all(reg, list(variants) or None, behaviour=not no_behaviour)
     drifted = [r for r in reports if r.status != "ok"]
     if as_json:
         emit_json({"ok": not drifted, "variants": [r.to_json() for r in reports]})
@@ -188,6 +202,8 @@ def check_command(ctx: click.Context, variants: tuple[str, ...], as_json: bool) 
         for report in drifted:
             for line in report.lines():
                 click.echo(line)
+        for note in behaviour_notes(reports):
+            click.echo(f"note: {note}")
         click.echo(f"{len(reports) - len(drifted)} of {len(reports)} variants unchanged"
                    + (f", {len(drifted)} drifted" if drifted else ""))
     ctx.exit(1 if drifted else 0)

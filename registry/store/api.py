@@ -16,6 +16,7 @@ from typing import Any, Iterable
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session, aliased
 
+from registry.behaviour_digest import digests_match
 from registry.errors import DatabaseError, UsageError
 from registry.schema import ModuleSignature, Schema
 
@@ -97,9 +98,11 @@ class Registry(TrackingMixin):
     # --- variants -------------------------------------------------------------------------
 
     def register_variant(
-        self, name: str, family: str, config: dict[str, Any], description: str = "", is_default: bool = False
+        self, name: str, family: str, config: dict[str, Any], description: str = "", is_default: bool = False,
+        family_source: str | None = None,
     ) -> VariantRecord:
-        """Insert-or-get a variant; returns it.
+        """Insert-or-get a variant; returns it. `family_source` says where its family was loaded
+        from (`Family.source`), so `check` can say which plugin or class to load.
 
         Raises `UsageError` when `name` is registered with another family or canonical config (the
         message names both values of every differing key).
@@ -120,7 +123,7 @@ class Registry(TrackingMixin):
                 session.flush()
             row = VariantRow(
                 name=name, family_id=family_row.id, config_json=config_json, description=description,
-                is_default=is_default, created_at=utcnow(), created_by=self.user,
+                is_default=is_default, created_at=utcnow(), created_by=self.user, family_source=family_source,
             )
             session.add(row)
             session.flush()
@@ -162,11 +165,14 @@ class Registry(TrackingMixin):
         code_revision: str | None,
         package_versions: dict[str, str],
         created_by: str | None = None,
+        behaviour: dict[str, Any] | None = None,
     ) -> SchemaVersionRecord:
         """Record what `variant_name` builds now as its next version (latest + 1); returns it.
 
-        Idempotent: when the latest version has the same fingerprint and signature hash, that
-        version is returned and nothing is written. Raises `UsageError` for an unknown variant.
+        Idempotent: when the latest version has the same fingerprint and signature hash, and the
+        given `behaviour` digest (if any) matches its digest within tolerance, that version is
+        returned and nothing is written (a latest version without a digest gets a new version that
+        has one). Raises `UsageError` for an unknown variant.
         """
 
         def work(session: Session) -> SchemaVersionRecord:
@@ -175,7 +181,9 @@ class Registry(TrackingMixin):
                 select(SchemaVersionRow).where(SchemaVersionRow.variant_id == variant.id)
                 .order_by(SchemaVersionRow.version.desc()).limit(1)
             ).first()
-            if latest is not None and latest.fingerprint == schema.fingerprint and latest.signature_hash == signature.hash:
+            if (latest is not None and latest.fingerprint == schema.fingerprint
+                    and latest.signature_hash == signature.hash
+                    and (behaviour is None or digests_match(latest.behaviour, behaviour))):
                 return self._version_by_id(session, latest.id)
             row = SchemaVersionRow(
                 variant_id=variant.id,
@@ -188,6 +196,7 @@ class Registry(TrackingMixin):
                 package_versions=dict(package_versions),
                 created_at=utcnow(),
                 created_by=created_by or self.user,
+                behaviour=behaviour,
             )
             session.add(row)
             session.flush()

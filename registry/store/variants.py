@@ -43,20 +43,23 @@ def init_builtin_variants(reg: Registry, variants: Iterable[Any] | None = None) 
     latest schema version, `differs` when it does not (that is drift: `registry check`, then
     `registry variants bump`). Returns one outcome per variant, sorted by name.
     """
+    from registry.behaviour import behaviour_digest
     from registry.catalog import builtin_variants
     from registry.families import build_schema, config_dict, get_family, make_config
 
-    revision, packages = code_revision(), package_versions()
     outcomes = []
     for builtin in sorted(variants if variants is not None else builtin_variants(), key=lambda v: v.name):
         family = get_family(builtin.family)
+        revision, packages = code_revision(family), package_versions(family)
         config = make_config(family, builtin.config)
         built = build_schema(family, config)
-        reg.register_variant(builtin.name, family.name, config_dict(config), builtin.description)
+        reg.register_variant(builtin.name, family.name, config_dict(config), builtin.description,
+                             family_source=family.source)
         latest = reg.latest_schema_version(builtin.name)
         if latest is None:
             latest = reg.record_schema_version(builtin.name, built.schema, built.signature,
-                                               code_revision=revision, package_versions=packages)
+                                               code_revision=revision, package_versions=packages,
+                                               behaviour=behaviour_digest(family, config))
             status = "registered"
         elif latest.fingerprint == built.fingerprint and latest.signature_hash == built.signature.hash:
             status = "unchanged"
@@ -69,18 +72,21 @@ def init_builtin_variants(reg: Registry, variants: Iterable[Any] | None = None) 
 def add_variant(reg: Registry, name: str, family_name: str, config: Any, description: str = "") -> VariantOutcome:
     """Register a user variant from a family and a full config object, with its first schema version.
 
+    Records where the family came from (`family_source`) and the family's own code revision.
     Idempotent for the same config; raises `UsageError` when `name` holds another config.
     """
+    from registry.behaviour import behaviour_digest
     from registry.families import build_schema, config_dict, get_family
 
     family = get_family(family_name)
     built = build_schema(family, config)
-    record = reg.register_variant(name, family.name, config_dict(config), description)
+    record = reg.register_variant(name, family.name, config_dict(config), description, family_source=family.source)
     latest = reg.latest_schema_version(name)
     status = "unchanged"
     if latest is None:
-        latest = reg.record_schema_version(name, built.schema, built.signature,
-                                           code_revision=code_revision(), package_versions=package_versions())
+        latest = reg.record_schema_version(name, built.schema, built.signature, code_revision=code_revision(family),
+                                           package_versions=package_versions(family),
+                                           behaviour=behaviour_digest(family, config))
         status = "registered"
     elif latest.fingerprint != built.fingerprint or latest.signature_hash != built.signature.hash:
         status = "differs"
@@ -90,14 +96,16 @@ def add_variant(reg: Registry, name: str, family_name: str, config: Any, descrip
 def bump_variant(reg: Registry, name: str) -> VariantOutcome:
     """Rebuild a registered variant from its stored config and record a new schema version.
 
-    Status `recorded` when a new version was written, `unchanged` when the code still builds the
-    latest one. Raises `UsageError` for an unknown variant, or a stored config the family no
+    Status `recorded` when a new version was written (layout, module classes or behaviour digest
+    changed, or the latest version predates behaviour digests), `unchanged` when the code still
+    builds the latest one and computes what it computed. Raises `UsageError` for an unknown variant, or a stored config the family no
     longer accepts (the message says which key).
     """
-    from registry.families import build_schema, get_family, make_config
+    from registry.behaviour import behaviour_digest
+    from registry.families import build_schema, family_of_variant, make_config
 
     variant = reg.require_variant(name)
-    family = get_family(variant.family)
+    family = family_of_variant(variant.family, variant.family_source)
     try:
         config = make_config(family, variant.config)
     except UsageError as exc:
@@ -105,7 +113,8 @@ def bump_variant(reg: Registry, name: str) -> VariantOutcome:
                          hint="register the new config under a new name with `registry variants add`") from None
     built = build_schema(family, config)
     before = reg.latest_schema_version(name)
-    version = reg.record_schema_version(name, built.schema, built.signature,
-                                        code_revision=code_revision(), package_versions=package_versions())
+    version = reg.record_schema_version(name, built.schema, built.signature, code_revision=code_revision(family),
+                                        package_versions=package_versions(family),
+                                        behaviour=behaviour_digest(family, config))
     status = "unchanged" if before is not None and before.id == version.id else "recorded"
     return VariantOutcome(reg.require_variant(name), version, status, built.fingerprint)

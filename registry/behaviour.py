@@ -1,0 +1,144 @@
+"""Behaviour digests (DESIGN §11): what a build computes, recorded with each schema version.
+
+Names, shapes and module classes do not pin what a model computes: a LeakyReLU slope, the input a
+key projection reads, `x * w` vs `x * (1 + w)`, swapped gates. So when a schema version is
+recorded, the registry also runs the family's probe:
+1. build the model on the CPU (at the family's `probe_config` when the variant is too big to run
+   in a second or two; the digest records that config) with the global RNG forked and seeded;
+2. overwrite every floating-point weight with values derived from its name (`probe_weights`);
+3. run `family.probe(model, config, generator)` in eval mode, float32, without gradients, on an
+   input drawn from a generator seeded with `PROBE_SEED`;
+4. keep a rounded summary of the outputs (`behaviour_digest`), never the outputs themselves.
+
+`registry check` reruns the probe at the recorded config and compares (`check_behaviour`).
+
+The probe runs on one torch thread whatever the process uses. Measured: diffusers' UNets give
+outputs that differ by ~1.4e-6 (relative) between 1 and 2 threads, which flips digits of a digest
+rounded to 6 significant digits; on one thread every built-in probe is bit-identical across
+processes and whatever `torch.set_num_threads` the caller chose (tests/test_behaviour.py). One
+thread is also the fast choice for tensors this small: on a busy 2-core machine the CTViT probes
+took ~2 s each with 2 threads and ~0.01 s with one.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+from .behaviour_digest import DIGEST_FORMAT, TOLERANCE, BehaviourComparison, compare_digests, summarize_outputs
+
+PROBE_SEED = 0
+
+
+class BehaviourStatus(str, enum.Enum):
+    """`behaviour_status` of `registry check --json` (values are stable)."""
+
+    OK = "ok"  # the probe's outputs are within the tolerance of the recorded digest
+    DRIFT = "drift"  # they are not, or the probe no longer runs
+    NO_PROBE = "no_probe"  # the family declares no probe: only its layout is checked
+    NOT_RECORDED = "not_recorded"  # the schema version predates digests (`variants bump` records one)
+    PROBE_FAILED = "probe_failed"  # the probe failed when the version was recorded
+    NOT_COMPARED = "not_compared"  # the layout drifted or is unbuildable: weights cannot be compared
+    SKIPPED = "skipped"  # --no-behaviour
+
+
+def probe_target(family: Any, config: Any) -> tuple[Any, bool]:
+    """The config to probe and whether it is the family's smaller probe config (not `config`)."""
+    if family.probe_config is None:
+        return config, False
+    small = family.probe_config(config)
+    if small is None or small == config:
+        return config, False
+    return small, True
+
+
+def run_probe(family: Any, config: Any) -> Any:
+    """The outputs of `family.probe` on a model built with `config` and name-derived weights.
+
+    Runs on the CPU in float32 and eval mode without gradients; the caller's global RNG state is
+    left as it was. Raises whatever the build or the probe raises.
+    """
+    import torch
+
+    from .probe_weights import set_name_derived_weights
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # see the module docstring: bit-identical outputs, and faster on tiny tensors
+    try:
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            torch.manual_seed(PROBE_SEED)  # a forward that draws from the global RNG draws the same numbers
+            model = family.build(config)
+            # nn.Module.to itself: diffusers' override warns about dtype casts meant for loading
+            torch.nn.Module.to(model, device="cpu", dtype=torch.float32)
+            set_name_derived_weights(model)
+            model.eval()
+            return family.probe(model, config, torch.Generator().manual_seed(PROBE_SEED))
+    finally:
+        torch.set_num_threads(threads)
+
+
+def behaviour_digest(family: Any, config: Any) -> dict[str, Any] | None:
+    """The digest of `family` built with `config`, or None when the family has no probe.
+
+    `{"format", "probe": {"seed", "config"}, "outputs": {name: summary}}`; `probe.config` is the
+    full probe config when the family's smaller one was used, else None. A probe that raises gives
+    `{"format", "probe", "failed": "<Exception>: message"}` instead of outputs, so recording a
+    schema version never fails because of its probe.
+    """
+    from .families import config_dict
+
+    if family.probe is None:
+        return None
+    target, reduced = probe_target(family, config)
+    probe = {"seed": PROBE_SEED, "config": config_dict(target) if reduced else None}
+    try:
+        outputs = summarize_outputs(run_probe(family, target))
+    except Exception as exc:  # noqa: BLE001  (a user's forward can raise anything; recorded, shown by check)
+        return {"format": DIGEST_FORMAT, "probe": probe, "failed": _error_text(exc)}
+    return {"format": DIGEST_FORMAT, "probe": probe, "outputs": outputs}
+
+
+def _error_text(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}".splitlines()[0]
+    return text[:300]
+
+
+@dataclass
+class BehaviourCheck:
+    """The behaviour half of one variant's `registry check`."""
+
+    status: BehaviourStatus
+    comparison: BehaviourComparison | None = None
+    probe_config: dict[str, Any] | None = None  # the config probed when it is not the variant's
+    error: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def max_difference(self) -> float | None:
+        return self.comparison.max_difference if self.comparison else None
+
+
+def check_behaviour(family: Any, config: Any, recorded: dict[str, Any] | None) -> BehaviourCheck:
+    """Rerun the probe at the recorded probe config and compare with the recorded digest.
+
+    Returns NO_PROBE, NOT_RECORDED, PROBE_FAILED (nothing to compare), OK or DRIFT. A probe that
+    raises now, where it ran when recorded, is DRIFT with `error` set.
+    """
+    from .families import make_config
+
+    if family.probe is None:
+        return BehaviourCheck(BehaviourStatus.NO_PROBE)
+    if recorded is None:
+        return BehaviourCheck(BehaviourStatus.NOT_RECORDED)
+    probed = recorded.get("probe", {}).get("config")
+    if "failed" in recorded:
+        return BehaviourCheck(BehaviourStatus.PROBE_FAILED, probe_config=probed, error=recorded["failed"])
+    try:
+        target = make_config(family, probed) if probed is not None else config
+        outputs = summarize_outputs(run_probe(family, target))
+    except Exception as exc:  # noqa: BLE001  (the forward that ran when recorded now raises: drift)
+        return BehaviourCheck(BehaviourStatus.DRIFT, probe_config=probed, error=_error_text(exc))
+    comparison = compare_digests(recorded, {"outputs": outputs}, TOLERANCE)
+    status = BehaviourStatus.OK if comparison.within_tolerance else BehaviourStatus.DRIFT
+    return BehaviourCheck(status, comparison, probed)

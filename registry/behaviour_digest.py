@@ -1,0 +1,211 @@
+"""The behaviour digest: a compact, rounded summary of a probe's outputs, and its comparison.
+
+Each output tensor is summarised in float64 (not stored): its shape and dtype, then
+- floating point: mean, root mean square, max |x|, `PROJECTIONS` fixed random projections
+  <x, r_k>/sqrt(n) (r_k ~ N(0, 1), seeded by k and n) and `SAMPLES` values at evenly spaced
+  positions; every number rounded to `SIGNIFICANT_DIGITS` significant digits;
+- integer or bool (codebook ids): the values themselves when there are at most `MAX_VALUES`, else
+  their SHA-256 and a sample.
+Projections see changes that keep the mean and the spread (a permutation, swapped gates); the
+sample sees local ones.
+
+Comparison (`compare_digests`) gives, per output, the largest difference of any of these numbers
+divided by the output's scale (its larger rms of the two), i.e. a relative difference; integers
+give the fraction of values that differ. Behaviour drifts when the largest of them exceeds
+`TOLERANCE`.
+
+Why these numbers (measured on the built-in variants, `benchmarks/bench_behaviour.py` and the
+issue-12 note): in one process, in another process and with 1 or 2 torch threads the probe outputs
+were bit-identical, so the rounded digest is identical; a reordered but equivalent computation
+(`(a + b) + c` vs `a + (b + c)` through a whole model) moved them by at most ~1e-6 relative; the
+four forward-only regressions of the issue moved them by 1e-2 to 1. `TOLERANCE` = 1e-4 sits two
+orders above float32 reordering noise (other CPUs, other BLAS kernels) and two below the smallest
+regression; 6 significant digits keep rounding (≤ 5e-6 of a number, ≤ ~2e-5 of the scale for
+max |x|) well under it.
+
+This module imports torch only inside `summarize_outputs`, so the store can compare digests
+without it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+DIGEST_FORMAT = 1
+SIGNIFICANT_DIGITS = 6
+PROJECTIONS = 8
+SAMPLES = 16
+MAX_VALUES = 1024
+TOLERANCE = 1e-4
+PROJECTION_SEED = 0x5EED
+
+
+def _round(value: float) -> float:
+    return float(f"{value:.{SIGNIFICANT_DIGITS}g}")
+
+
+def flatten_outputs(outputs: Any, prefix: str = "") -> dict[str, Any]:
+    """Name → tensor for a tensor, a tuple/list (`0`, `1`, ...) or a mapping (its keys), nested
+    with dots; None entries are dropped. Raises TypeError for anything else."""
+    import torch
+
+    if isinstance(outputs, torch.Tensor):
+        return {prefix or "output": outputs}
+    if isinstance(outputs, (int, float)) and not isinstance(outputs, bool):
+        return {prefix or "output": torch.tensor(float(outputs))}
+    items: Any
+    if isinstance(outputs, dict) or hasattr(outputs, "items"):
+        items = outputs.items()
+    elif isinstance(outputs, (tuple, list)):
+        items = enumerate(outputs)
+    else:
+        raise TypeError(f"a probe returned {type(outputs).__name__}; expected tensors in a tuple or dict")
+    flat: dict[str, Any] = {}
+    for key, value in items:
+        if value is not None:
+            flat.update(flatten_outputs(value, f"{prefix}.{key}" if prefix else str(key)))
+    return flat
+
+
+def _projections(x: Any) -> list[float]:
+    import torch
+
+    n = x.numel()
+    generator = torch.Generator().manual_seed(PROJECTION_SEED + n)
+    directions = torch.randn(PROJECTIONS, n, generator=generator, dtype=torch.float64)
+    return [_round(v) for v in (directions @ x / math.sqrt(n)).tolist()]
+
+
+def _summary(tensor: Any) -> dict[str, Any]:
+    import torch
+
+    x = tensor.detach().to("cpu").reshape(-1)
+    summary: dict[str, Any] = {"shape": list(tensor.shape), "dtype": str(tensor.dtype).removeprefix("torch.")}
+    n = x.numel()
+    if n == 0:
+        return summary
+    positions = [min(n - 1, (2 * j + 1) * n // (2 * SAMPLES)) for j in range(min(SAMPLES, n))]
+    if not (tensor.is_floating_point() or tensor.is_complex()):
+        values = x.to(torch.int64)
+        if n <= MAX_VALUES:
+            summary["values"] = values.tolist()
+        else:
+            summary["sha256"] = hashlib.sha256(",".join(map(str, values.tolist())).encode()).hexdigest()
+            summary["sample"] = values[positions].tolist()
+        return summary
+    x = x.to(torch.float64)
+    finite = bool(torch.isfinite(x).all())
+    summary["finite"] = finite
+    if not finite:
+        x = torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
+    summary["mean"] = _round(x.mean().item())
+    summary["rms"] = _round(x.square().mean().sqrt().item())
+    summary["max_abs"] = _round(x.abs().max().item())
+    summary["projections"] = _projections(x)
+    summary["sample"] = [_round(v) for v in x[positions].tolist()]
+    return summary
+
+
+def summarize_outputs(outputs: Any) -> dict[str, dict[str, Any]]:
+    """Output name → its rounded summary (see the module docstring), names sorted."""
+    flat = flatten_outputs(outputs)
+    return {name: _summary(flat[name]) for name in sorted(flat)}
+
+
+# --- comparison (no torch) ----------------------------------------------------------------------
+
+
+@dataclass
+class OutputDifference:
+    name: str
+    difference: float | None  # relative (floats) or fraction differing (integers); None: not comparable
+    detail: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"output": self.name, "difference": self.difference, "detail": self.detail}
+
+
+@dataclass
+class BehaviourComparison:
+    """How a probe's outputs now compare with a recorded digest."""
+
+    max_difference: float | None  # None when an output's shape or type changed
+    differences: list[OutputDifference] = field(default_factory=list)
+    tolerance: float = TOLERANCE
+
+    @property
+    def within_tolerance(self) -> bool:
+        return self.max_difference is not None and self.max_difference <= self.tolerance
+
+    @property
+    def changed(self) -> list[OutputDifference]:
+        """The outputs that moved beyond the tolerance, or changed shape, type or presence."""
+        return [d for d in self.differences if d.difference is None or d.difference > self.tolerance]
+
+
+def _float_difference(before: dict[str, Any], now: dict[str, Any]) -> tuple[float, str]:
+    scale = max(before.get("rms", 0.0), now.get("rms", 0.0))
+    pairs = [(before[key], now[key]) for key in ("mean", "rms", "max_abs")]
+    pairs += list(zip(before["projections"], now["projections"]))
+    pairs += list(zip(before["sample"], now["sample"]))
+    worst = max(abs(a - b) for a, b in pairs)
+    relative = worst / scale if scale > 0 else worst
+    if before.get("finite", True) != now.get("finite", True):
+        return math.inf, "non-finite values appeared" if before.get("finite", True) else "non-finite values are gone"
+    return relative, f"differs by {relative:.1e} of its scale (rms {scale:.3g})"
+
+
+def _integer_difference(before: dict[str, Any], now: dict[str, Any]) -> tuple[float, str]:
+    if "values" in before and "values" in now:
+        differing = sum(a != b for a, b in zip(before["values"], now["values"]))
+        return differing / max(1, len(before["values"])), f"{differing} of {len(before['values'])} values differ"
+    same = before.get("sha256") == now.get("sha256")
+    return (0.0, "values equal") if same else (1.0, "values differ")
+
+
+def _output_difference(name: str, before: dict[str, Any] | None, now: dict[str, Any] | None) -> OutputDifference:
+    if before is None:
+        return OutputDifference(name, None, "a new output")
+    if now is None:
+        return OutputDifference(name, None, "no longer returned")
+    if before["shape"] != now["shape"] or before["dtype"] != now["dtype"]:
+        return OutputDifference(
+            name, None, f"{before['dtype']}{before['shape']} → {now['dtype']}{now['shape']}"
+        )
+    if "mean" in before and "mean" in now:
+        difference, detail = _float_difference(before, now)
+    elif "mean" in before or "mean" in now:
+        return OutputDifference(name, None, "changed between floating point and integer")
+    elif "values" in before or "sha256" in before:
+        difference, detail = _integer_difference(before, now)
+    else:
+        difference, detail = 0.0, "empty"
+    return OutputDifference(name, difference, detail)
+
+
+def compare_digests(recorded: dict[str, Any], now: dict[str, Any], tolerance: float = TOLERANCE) -> BehaviourComparison:
+    """Compare two digests' outputs. `max_difference` is None when an output appeared, vanished or
+    changed shape/dtype (that is drift whatever the tolerance)."""
+    before_outputs, now_outputs = recorded.get("outputs", {}), now.get("outputs", {})
+    differences = [
+        _output_difference(name, before_outputs.get(name), now_outputs.get(name))
+        for name in sorted(set(before_outputs) | set(now_outputs))
+    ]
+    values = [d.difference for d in differences]
+    max_difference = None if any(v is None for v in values) else max(values, default=0.0)
+    return BehaviourComparison(max_difference, differences, tolerance)
+
+
+def digests_match(recorded: dict[str, Any] | None, now: dict[str, Any] | None) -> bool:
+    """Whether two digests describe the same behaviour (within `TOLERANCE`, same probe config).
+
+    Two absent digests match; one absent digest does not.
+    """
+    if recorded is None or now is None:
+        return recorded is None and now is None
+    if recorded.get("probe") != now.get("probe"):
+        return False
+    return compare_digests(recorded, now).within_tolerance
