@@ -9,6 +9,8 @@ naming, add one row:
 | step        | `step-120.pt` (ours: `step-00000120.pt`), also `.pth .ckpt .bin .safetensors` | highest step |
 | accelerate  | `checkpoint-1200/` (accelerate, HF Trainer), `checkpoint_3/` (accelerate's automatic naming) | highest number |
 | lightning   | `epoch=3-step=1200.ckpt` (`-val_loss=...`, `-v1` allowed), `last.ckpt`, `last-v1.ckpt` | `last*.ckpt` (Lightning rewrites it at every save), else highest step, then epoch |
+| dcp         | `step-1200/` (torch.distributed.checkpoint folders: torchtitan, FSDP2 trainers) | highest step |
+| deepspeed   | `global_step1200/`; the tag DeepSpeed's `latest` file names comes first | `latest`, else highest step |
 
 A folder holding no checkpoint at all has no newest one (None): a new run may start there. A
 folder holding checkpoint-like files whose names no row knows is an error, never "empty": that
@@ -28,7 +30,9 @@ from .errors import CheckpointError, UsageError
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".safetensors")
 # A folder that is itself one checkpoint (accelerate, diffusers, transformers), not a folder of them.
-_WEIGHTS_FILE = re.compile(r"^(diffusion_pytorch_model|model|pytorch_model)(_\d+)?\.(safetensors|bin)$|\.index\.json$")
+# DCP folders hold `.metadata` beside `*.distcp` shards; DeepSpeed tag folders hold model states.
+_WEIGHTS_FILE = re.compile(r"^(diffusion_pytorch_model|model|pytorch_model)(_\d+)?\.(safetensors|bin)$|\.index\.json$"
+                           r"|^\.metadata$|^(zero_pp_rank_\d+_)?mp_rank_\d+_model_states\.pt$")
 _NEWEST = float("inf")
 
 
@@ -60,7 +64,11 @@ NAME_PATTERNS: tuple[NamePattern, ...] = (
                 lambda m: (int(m["step"]), int(m["epoch"])), _number("step")),
     NamePattern("lightning", re.compile(r"^last(?:-v(?P<v>\d+))?\.ckpt$"), False,
                 lambda m: (_NEWEST, int(m["v"] or 0)), lambda m: None),
+    NamePattern("dcp", re.compile(r"^step-(?P<step>\d+)$"), True, lambda m: (int(m["step"]),), _number("step")),
+    NamePattern("deepspeed", re.compile(r"^global_step(?P<step>\d+)$"), True,
+                lambda m: (int(m["step"]),), _number("step")),
 )
+DEEPSPEED_LATEST = "latest"  # DeepSpeed's save_dir names its newest tag folder in this text file
 
 
 @dataclass(frozen=True)
@@ -83,8 +91,11 @@ def ranked_checkpoints(folder: str | os.PathLike[str]) -> list[FoundCheckpoint]:
     if not root.is_dir():
         return []
     found = []
+    tagged = _deepspeed_latest(root)
+    if tagged is not None:
+        found.append(tagged)
     for entry in root.iterdir():
-        if temporary_of(entry.name):
+        if temporary_of(entry.name) or (tagged is not None and entry == tagged.path):
             continue
         for pattern in NAME_PATTERNS:
             match = pattern.regex.match(entry.name)
@@ -92,6 +103,21 @@ def ranked_checkpoints(folder: str | os.PathLike[str]) -> list[FoundCheckpoint]:
                 found.append(FoundCheckpoint(entry, pattern.style, pattern.step(match), pattern.order(match)))
                 break
     return sorted(found, key=lambda c: (c.order, c.path.name), reverse=True)
+
+
+def _deepspeed_latest(root: Path) -> FoundCheckpoint | None:
+    """The tag folder DeepSpeed's `latest` file names (newest whatever its name), or None."""
+    latest = root / DEEPSPEED_LATEST
+    try:
+        if not latest.is_file() or latest.stat().st_size > 4096:
+            return None
+        tag = latest.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    if not tag or tag in (".", "..") or "/" in tag or "\\" in tag or not (root / tag).is_dir():
+        return None
+    step = re.fullmatch(r"global_step(\d+)", tag)
+    return FoundCheckpoint(root / tag, "deepspeed", int(step[1]) if step else None, (_NEWEST,))
 
 
 def is_checkpoint_folder(folder: Path) -> bool:

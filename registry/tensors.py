@@ -56,7 +56,11 @@ def load_state_dict(info: CheckpointInfo, *, prefix: str = "") -> dict[str, Any]
     read earlier (the file changed in between).
     """
     state: dict[str, Any] = {}
-    for file in info.files:
+    if info.format in ("dcp-folder", "deepspeed-folder"):  # sharded folders: names already as in info.schema
+        from .sharded_load import load_sharded
+
+        state = {name[len(prefix):]: value for name, value in load_sharded(info).items() if name.startswith(prefix)}
+    for file in () if info.format in ("dcp-folder", "deepspeed-folder") else info.files:
         for name, value in _load_file(file, info.container).items():
             if info.wrapper and name.startswith(info.wrapper):
                 name = name[len(info.wrapper):]

@@ -1,0 +1,209 @@
+"""Loading the real tensors of a sharded training checkpoint, after a match (DESIGN §4).
+
+- torch.distributed.checkpoint folders load through torch's own DCP loader in this one process
+  (no process group): every model FQN is allocated at its global shape and dtype, and DCP fills
+  it from whichever shards hold its chunks. torch reads `.metadata` with `pickle.load`, so the
+  reader handed to it unpickles the very bytes our interpreter checked, with an unpickler that
+  can only build DCP's metadata classes.
+- DeepSpeed ZeRO 0-2 folders hold the full state dict under `module`, loaded with
+  `torch.load(weights_only=True)`. A ZeRO-3 folder keeps its weights partitioned in the
+  optimizer files; those are reassembled the way DeepSpeed's `zero_to_fp32.py` does, from
+  `weights_only` loads, and the result is checked against the recorded shapes.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+from typing import Any
+
+from .errors import CheckpointError
+from .readers import CheckpointInfo
+
+SHARDED_FORMATS = ("dcp-folder", "deepspeed-folder")
+
+
+def load_sharded(info: CheckpointInfo) -> dict[str, Any]:
+    """The model's tensors of a DCP or DeepSpeed checkpoint, named as in `info.schema`.
+
+    Raises `CheckpointError` when the folder changed since it was read or cannot be loaded.
+    """
+    if info.format == "dcp-folder":
+        return load_dcp(os.path.dirname(info.files[0]))
+    return load_deepspeed(info)
+
+
+# --- torch.distributed.checkpoint --------------------------------------------------------------
+
+
+_ALLOWED = {
+    ("torch.distributed.checkpoint.metadata", name) for name in (
+        "Metadata", "TensorStorageMetadata", "BytesStorageMetadata", "ChunkStorageMetadata", "TensorProperties",
+        "MetadataIndex", "StorageMeta", "_MEM_FORMAT_ENCODING")
+} | {("torch.distributed.checkpoint.filesystem", "_StorageInfo"), ("torch.serialization", "_get_layout"),
+     ("torch", "Size"), ("collections", "OrderedDict"), ("pathlib", "PosixPath"), ("pathlib", "WindowsPath"),
+     ("pathlib", "Path"), ("pathlib._local", "PosixPath"), ("pathlib._local", "WindowsPath")}
+
+
+class _MetadataOnly(pickle.Unpickler):
+    """Builds DCP's metadata classes, torch.Size and dtypes; refuses every other global."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        import torch
+
+        if (module, name) in _ALLOWED:
+            return super().find_class(module, name)
+        if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
+            return getattr(torch, name)
+        raise pickle.UnpicklingError(f"{module}.{name} is not DCP metadata")
+
+
+def _reader(folder: str, data: bytes):
+    from torch.distributed.checkpoint import FileSystemReader
+    from torch.distributed.checkpoint.metadata import StorageMeta
+
+    class CheckedReader(FileSystemReader):
+        """torch's reader, with `.metadata` taken from the bytes already checked."""
+
+        def read_metadata(self, *args: Any, **kwargs: Any):
+            metadata = _MetadataOnly(io.BytesIO(data)).load()
+            if getattr(metadata, "storage_meta", None) is None:
+                metadata.storage_meta = StorageMeta()
+            metadata.storage_meta.load_id = self.load_id
+            return metadata
+
+    return CheckedReader(folder)
+
+
+def load_dcp(folder: str) -> dict[str, Any]:
+    """The model tensors of the DCP folder, named as `read_checkpoint` names them (container and
+    wrappers stripped). Raises `CheckpointError`."""
+    import warnings
+
+    import torch
+    import torch.distributed.checkpoint as dcp
+
+    from .readers.dcp import METADATA_FILE, parse_metadata, split_other_state
+    from .readers.layout import find_layout
+    from .readers.limits import DEFAULT_LIMITS, FormatError
+
+    try:
+        parsed = parse_metadata(folder, allow_unsafe=False, limits=DEFAULT_LIMITS)
+        with open(os.path.join(folder, METADATA_FILE), "rb") as handle:
+            data = handle.read(DEFAULT_LIMITS.max_pickle_bytes + 1)
+        layout = find_layout(split_other_state(parsed.tree)[0], DEFAULT_LIMITS)
+    except (FormatError, OSError) as exc:
+        raise CheckpointError(f"{folder}: cannot load it ({getattr(exc, 'message', exc)})") from None
+    container = tuple(layout.container.split("/")) if layout.container else ()
+    cut = len(layout.wrapper or "")
+    by_fqn: dict[str, str] = {}
+    for path, fqn in parsed.names.items():
+        if path[:-1] == container and type(path[-1]) is str:
+            by_fqn[fqn] = path[-1][cut:]
+    state = {}
+    for fqn in by_fqn:
+        dtype, shape = parsed.tensors[fqn]
+        state[fqn] = torch.empty(shape, dtype=getattr(torch, dtype))
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*torch.distributed is disabled.*")
+            dcp.load(state, storage_reader=_reader(folder, data))
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(f"{folder}: .metadata changed since it was checked ({exc})") from None
+    except Exception as exc:  # torch's loader raises bare exceptions (CheckpointException, RuntimeError)
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{folder}: torch's DCP loader failed ({first})") from None
+    return {name: state[fqn] for fqn, name in by_fqn.items()}
+
+
+# --- DeepSpeed ----------------------------------------------------------------------------------
+
+
+class _DeepSpeedObject:
+    """Stands in for DeepSpeed's own objects in its optimizer files (`ZeroStageEnum(3)`, a
+    `LossScaler`): keeps what it was given, runs nothing, imports nothing."""
+
+    def __init__(self, *args: Any) -> None:
+        self.args = args
+
+    def __setstate__(self, state: Any) -> None:
+        self.state = state
+
+
+def _torch_load(path: str) -> Any:
+    """`torch.load(weights_only=True)`, with DeepSpeed's own globals (and only those) read as
+    inert `_DeepSpeedObject`s instead of refused."""
+    import torch
+
+    try:
+        names = [name for name in torch.serialization.get_unsafe_globals_in_checkpoint(path)
+                 if name.startswith("deepspeed.")]
+        with torch.serialization.safe_globals([(_DeepSpeedObject, name) for name in names]):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, pickle.UnpicklingError, OSError, EOFError) as exc:
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path}: cannot load it with torch.load(weights_only=True) ({first})") from None
+
+
+def load_deepspeed(info: CheckpointInfo) -> dict[str, Any]:
+    """The model tensors of a DeepSpeed checkpoint. Raises `CheckpointError`."""
+    model_states = info.files[0]
+    payload = _torch_load(model_states)
+    module = payload.get("module") if isinstance(payload, dict) else None
+    if not isinstance(module, dict):
+        raise CheckpointError(f"{model_states}: no `module` state dict")
+    stage = info.metadata.get("deepspeed", {}).get("zero_stage")
+    if stage != 3:
+        return {name: tensor for name, tensor in module.items() if hasattr(tensor, "shape")}
+    return _zero3_state_dict(os.path.dirname(model_states), payload, module)
+
+
+def _zero3_state_dict(folder: str, payload: dict, module: dict) -> dict[str, Any]:
+    """ZeRO-3: each rank's optimizer file holds `fp32_flat_groups` (one flat partition per
+    parameter group); parameter p of numel n takes ceil(n / world) elements from every rank's
+    partition, in `param_shapes` order, and the concatenation trimmed to n is p."""
+    import math
+    import re
+
+    import torch
+
+    pattern = re.compile(r"^(?:bf16_)?zero_pp_rank_(\d+)_mp_rank_00_optim_states\.pt$")
+    files = sorted((int(m[1]), n) for n in os.listdir(folder) if (m := pattern.match(n)))
+    world = len(files)
+    if world == 0 or [rank for rank, _ in files] != list(range(world)):
+        raise CheckpointError(f"{folder}: the ZeRO-3 optimizer partitions are incomplete (ranks {[r for r, _ in files]})")
+    flats = []
+    for _rank, name in files:
+        optim = _torch_load(os.path.join(folder, name)).get("optimizer_state_dict", {})
+        groups = optim.get("fp32_flat_groups")
+        if not isinstance(groups, list) or optim.get("partition_count", world) != world:
+            raise CheckpointError(f"{folder}/{name}: not a ZeRO-3 partition of {world} ranks")
+        flats.append(torch.cat([g.flatten() for g in groups]))
+    state: dict[str, Any] = {}
+    offset = 0
+    for group in payload.get("param_shapes") or []:
+        for name, shape in group.items():
+            numel = math.prod(shape)
+            part = math.ceil(numel / world)
+            if offset + part > flats[0].numel():
+                raise CheckpointError(f"{folder}: the ZeRO-3 partitions are smaller than param_shapes says")
+            whole = torch.cat([flat.narrow(0, offset, part) for flat in flats])
+            state[name] = whole.narrow(0, 0, numel).view(tuple(shape)).detach().clone()
+            offset += part
+    if offset != flats[0].numel():
+        raise CheckpointError(f"{folder}: param_shapes cover {offset * world:,} of the {flats[0].numel() * world:,} "
+                              "elements the ZeRO-3 partitions hold")
+    if payload.get("frozen_param_shapes"):
+        raise CheckpointError(f"{folder}: frozen parameters of a ZeRO-3 checkpoint are not loaded here; "
+                              "run DeepSpeed's zero_to_fp32.py in a trusted environment")
+    buffers = set(payload.get("buffer_names") or [])
+    for name, tensor in module.items():
+        if name in buffers:
+            state[name] = tensor
+    shared = payload.get("shared_params") or {}
+    pairs = shared.items() if isinstance(shared, dict) else shared
+    for alias, original in pairs:
+        if alias not in state and original in state:
+            state[alias] = state[original]
+    return state
