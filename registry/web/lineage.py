@@ -57,6 +57,7 @@ class RunForest:
         self.children: dict[str, list[str]] = {}
         converted_writers = converted_writers or {}
         self.parent: dict[str, str | None] = {}
+        self._roots: dict[str, str] | None = None
         for link in self.links.values():  # oldest first, so siblings stay in start order
             parent = link.parent_run_id
             if parent is None and link.resumed_from_checkpoint_id is not None:
@@ -68,11 +69,23 @@ class RunForest:
                 self.children.setdefault(parent, []).append(link.id)
 
     def root_of(self, run_id: str) -> str:
-        seen = {run_id}
-        while (parent := self.parent.get(run_id)) is not None and parent not in seen:
+        """The first run of `run_id`'s chain (a parent cycle stops the walk)."""
+        if self._roots is None:
+            self._roots = {}
+        found = self._roots.get(run_id)
+        if found is not None:
+            return found
+        path, seen = [run_id], {run_id}
+        while (parent := self.parent.get(path[-1])) is not None and parent not in seen:
+            if parent in self._roots:  # the rest of the walk is known: stop there
+                path.append(parent)
+                break
             seen.add(parent)
-            run_id = parent
-        return run_id
+            path.append(parent)
+        root = self._roots.get(path[-1], path[-1])
+        for member in path:
+            self._roots[member] = root
+        return root
 
     def roots(self) -> list[str]:
         return [run_id for run_id, parent in self.parent.items() if parent is None]
