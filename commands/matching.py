@@ -108,7 +108,8 @@ def resolve_command(ctx: click.Context, path: str, family: str | None, variant: 
 @click.command("convert")
 @click.argument("path", type=click.Path())
 @click.option("--to", "to", required=True, help="The registered variant the output must load into.")
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="New checkpoint (.safetensors, else a torch file).")
+@click.option("-o", "--output", required=True, type=click.Path(),
+              help="New checkpoint (.safetensors, else a torch file), or an existing folder: FOLDER/<PATH's stem>.safetensors.")
 @click.option("--rename", "renames", multiple=True, metavar="OLD=NEW", help="Substring rename applied to every name (repeatable, in order).")
 @click.option("--force", is_flag=True, help="Replace OUTPUT if it exists.")
 @click.option("--allow-unsafe", is_flag=True, help="Read a checkpoint whose pickle would run code (never runs it).")
@@ -119,20 +120,60 @@ def convert_command(ctx: click.Context, path: str, to: str, output: str, renames
 
     Uses a registered converter (e.g. ldm-unet -> diffusers-unet) or your --rename rules, checks the
     result's fingerprint against TO before writing, writes atomically and records the conversion.
+    A .safetensors output is streamed from the source file (memory stays flat); on a terminal a
+    progress bar shows on stderr. The output's folder must exist.
 
     \b
     Examples:
       registry convert old_unet.pt --to diffusers-unet/sd15 -o unet.safetensors
+      registry convert sd15.ckpt --to diffusers-unet/sd15 -o converted/
       registry convert ckpt.pt --to ctvit/baseline --rename .attn.=.self_attn. -o fixed.pt
     """
+    import sys
+
     from registry.convert import convert_checkpoint
     from registry.converters import RenameRules
 
     rules = RenameRules.parse(renames)
-    with open_registry_from(ctx) as reg:
-        done = convert_checkpoint(reg, path, to=to, output=output, renames=rules, allow_unsafe=allow_unsafe, force=force)
+    progress = _ConvertProgress() if sys.stderr.isatty() else None
+    try:
+        with open_registry_from(ctx) as reg:
+            done = convert_checkpoint(reg, path, to=to, output=output, renames=rules, allow_unsafe=allow_unsafe,
+                                      force=force, progress=progress)
+    finally:
+        if progress is not None:
+            progress.close()
     if as_json:
         emit_json(done.to_json())
     else:
         click.echo(f"wrote {done.output}: {done.variant} (schema version {done.schema_version}) via {done.method}"
                    f"{'' if done.exact else ' (lossy)'}, step {done.step if done.step is not None else 'unknown'}")
+
+
+class _ConvertProgress:
+    """`convert`'s progress on a terminal: a line per stage, then a byte bar while writing."""
+
+    def __init__(self) -> None:
+        self.stage = ""
+        self.bar: Any = None
+        self.shown = 0
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        import sys
+
+        if stage != self.stage:
+            self.stage = stage
+            if stage == "writing":
+                self.bar = click.progressbar(length=total, label="writing", file=sys.stderr, show_eta=True,
+                                             show_percent=True)
+                self.bar.__enter__()
+            else:
+                click.echo(f"{stage}...", err=True)
+        if self.bar is not None and done > self.shown:
+            self.bar.update(done - self.shown)
+            self.shown = done
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(None, None, None)
+            self.bar = None

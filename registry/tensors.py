@@ -7,9 +7,10 @@ atomic and embeds the registry metadata that matching reads back (evidence step 
 from __future__ import annotations
 
 import json
+import os
 import pickle
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from .atomic import atomic_write
 from .errors import CheckpointError
@@ -83,11 +84,14 @@ def _unshared(state: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def save_checkpoint(path: str | Path, state: Mapping[str, Any], metadata: dict[str, Any], extra: dict[str, Any] | None = None) -> Path:
-    """Write `state` atomically with the registry `metadata` embedded.
+def save_checkpoint(path: str | Path, state: Mapping[str, Any], metadata: dict[str, Any], extra: dict[str, Any] | None = None,
+                    *, before_rename: Callable[[Path], None] | None = None) -> Path:
+    """Write `state` atomically with the registry `metadata` embedded; returns the path.
 
     `.safetensors` → tensors plus `__metadata__["registry"]` (JSON); anything else → a torch file
     `{"model": state, "registry": metadata, **extra}` (extra: optimizer state, step, ...).
+    `before_rename(tmp)` runs once the data is fsynced, before the rename (e.g. to record the file):
+    if it raises, the temporary file is removed and `path` is untouched.
     """
     target = Path(path)
     if target.suffix == ".safetensors":
@@ -96,8 +100,23 @@ def save_checkpoint(path: str | Path, state: Mapping[str, Any], metadata: dict[s
         from safetensors.torch import save_file
 
         tensors = _unshared(state)
-        return atomic_write(target, lambda tmp: save_file(tensors, str(tmp), metadata={REGISTRY_KEY: json.dumps(metadata)}))
+        return atomic_write(target, _then(lambda tmp: save_file(tensors, str(tmp), metadata={REGISTRY_KEY: json.dumps(metadata)}),
+                                          before_rename))
     import torch
 
     payload = {"model": dict(state), REGISTRY_KEY: metadata, **(extra or {})}
-    return atomic_write(target, lambda tmp: torch.save(payload, tmp))
+    return atomic_write(target, _then(lambda tmp: torch.save(payload, tmp), before_rename))
+
+
+def _then(write: Callable[[Path], None], before_rename: Callable[[Path], None] | None) -> Callable[[Path], None]:
+    """`write`, then (when given) fsync and `before_rename`, all inside `atomic_write`'s cleanup."""
+    if before_rename is None:
+        return write
+
+    def write_then(tmp: Path) -> None:
+        write(tmp)
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        before_rename(tmp)
+
+    return write_then
