@@ -146,6 +146,8 @@ def output_path(source: Path, output: str) -> Path:
     elif output.endswith(("/", os.sep)):
         raise OutputError(f"output folder {output} does not exist", hint=f"create it first: mkdir -p {output}")
     folder = target.parent
+    if folder.exists() and not folder.is_dir():
+        raise OutputError(f"cannot write {output}: {folder} is a file, not a folder")
     if not folder.is_dir():
         raise OutputError(f"output folder {folder} does not exist", hint=f"create it first: mkdir -p {folder}")
     if not os.access(folder, os.W_OK | os.X_OK):
