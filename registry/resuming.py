@@ -84,9 +84,38 @@ def opened_registry(db: Any, *, readonly: bool = False) -> Iterator[Any]:
 
 
 def user_config(family: Any, config: Any) -> Any:
-    """The config in the form the family's own code takes (see `Resumed.config`)."""
-    to_user = getattr(family, "user_config", None)
-    return to_user(config) if callable(to_user) else config
+    """The config in the form the family's own code takes (see `Resumed.config`): the config
+    dataclass of a registered family as it is; for a class family named `pkg.module:Class`, the
+    constructor's keyword arguments as a dict, or the config object its constructor takes."""
+    import dataclasses
+    import inspect
+
+    origin = getattr(family, "origin", None)
+    if getattr(origin, "kind", None) != "class" or not dataclasses.is_dataclass(config):
+        return config
+    from registry.class_family import import_target
+
+    fields = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
+    cls = import_target(origin.module)
+    names = {p.name for p in inspect.signature(cls).parameters.values()
+             if p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)}
+    if names and names <= set(fields):  # keyword arguments are the config
+        return fields
+    config_type = import_target(origin.config_class) if origin.config_class else _single_annotation(cls)
+    if config_type is None or isinstance(config, config_type):
+        return config
+    return config_type(**fields)  # a plain (non-dataclass) config class, built from its fields
+
+
+def _single_annotation(cls: type) -> type | None:
+    import typing
+
+    try:
+        hints = typing.get_type_hints(cls.__init__)
+    except Exception:  # noqa: BLE001  (an annotation only importable under TYPE_CHECKING)
+        return None
+    types = [t for name, t in hints.items() if name != "return" and isinstance(t, type)]
+    return types[0] if len(types) == 1 else None
 
 
 def resume(

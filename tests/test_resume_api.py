@@ -302,3 +302,28 @@ def test_a_file_saved_by_another_run_is_not_logged_as_this_runs(db, tmp_path):
     bare = tmp_path / "b.pt"  # no embedded record: the run that logs it owns it
     torch.save({"model": model.state_dict(), "step": 2}, bare)
     assert second.log_checkpoint(bare).run_id == second.id
+
+
+def test_a_checkpoint_whose_variant_the_code_no_longer_builds_is_refused_with_the_diff(db, tmp_path, tiny_family, monkeypatch):
+    import dataclasses
+
+    from torch import nn
+
+    from registry.families import _FAMILIES
+
+    family = get_family(tiny_family)
+    with open_registry(db) as reg:
+        add_variant(reg, "mlp/base", tiny_family, make_config(family, {"width": 8}))
+    model = family.build(make_config(family, {"width": 8}))
+    path = tmp_path / "mlp.pt"
+    torch.save({"model_state_dict": model.state_dict(), "epoch": 1}, path)
+
+    def refactored(config):  # a commit that hard-codes RMSNorm, whatever the config says
+        return nn.Sequential(*[layer for _ in range(config.depth)
+                               for layer in (nn.Linear(config.width, config.width), nn.RMSNorm(config.width))])
+
+    monkeypatch.setitem(_FAMILIES, tiny_family, dataclasses.replace(family, build=refactored))
+    with pytest.raises(registry.ResumeRefused) as refused:
+        registry.resume(path, db=db)
+    assert refused.value.message == f"the current code builds mlp/base differently from {path}; nothing was trained"
+    assert refused.value.details == ["2 unexpected in checkpoint: {1,3}.bias (2 entries)"]  # RMSNorm has no bias

@@ -231,7 +231,8 @@ def load_plan(model: Any, plan: ResumePlan) -> None:
     built, loaded = schema_of_module(model), schema_of_state_dict(plan.state_dict)
     if plan.strict and built.fingerprint != loaded.fingerprint:
         # The variant's recorded schema matched, but today's code builds it differently (drift).
-        lines = diff_schemas(built, loaded, "missing in checkpoint", "unexpected in checkpoint").lines(limit=8)
+        lines = diff_schemas(built, loaded, missing_label="missing in checkpoint",
+                             unexpected_label="unexpected in checkpoint").lines(limit=8)
         raise ResumeRefused(f"the current code builds {plan.variant} differently from {plan.source}; nothing was trained",
                             details=lines, hint="`registry check` shows what moved")
     result = model.load_state_dict(plan.state_dict, strict=plan.strict)
