@@ -1,0 +1,1 @@
+"""The project's own models. The registry needs no code here: pyproject.toml names the class."""
