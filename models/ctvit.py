@@ -27,14 +27,11 @@ from torch import nn
 from registry.catalog import builtin_variant
 from registry.families import extend_family, register_family
 
-from .ctvit_attention import SPATIAL, TEMPORAL, ContinuousPositionBias, Transformer, exists
-from .ctvit_gan import Discriminator, hinge_discriminator_loss, hinge_generator_loss
+from .ctvit_attention import ContinuousPositionBias, Transformer, exists
+from .ctvit_gan import Discriminator
+from .ctvit_losses import CTViTLosses, ctclip_loss, project_losses
 from .ctvit_quantizer import VectorQuantizer
 from .vgg16 import VGG16
-
-# Weights of the GAN-side terms against the reconstruction loss (not part of any layout).
-PERCEPTUAL_WEIGHT = 0.1
-ADVERSARIAL_WEIGHT = 0.1
 
 
 @dataclass(frozen=True)
@@ -92,35 +89,13 @@ def config_kwargs(config: CTViTConfig) -> dict:
     return {field.name: getattr(config, field.name) for field in dataclasses.fields(config)}
 
 
-@dataclass(frozen=True)
-class CTViTLosses:
-    """The training losses of one batch; the GAN-side terms are None without `use_vgg_and_gan`.
-
-    `discriminator` trains only the discriminator and the other terms only the rest of the model,
-    so `total` can go to a single optimizer.
-    """
-
-    recon: torch.Tensor
-    commit: torch.Tensor
-    perceptual: torch.Tensor | None = None
-    adversarial: torch.Tensor | None = None
-    discriminator: torch.Tensor | None = None
-
-    @property
-    def generator(self) -> torch.Tensor:
-        """Every term but the discriminator's (for a trainer with a separate discriminator optimizer)."""
-        loss = self.recon + self.commit
-        if exists(self.perceptual):
-            loss = loss + PERCEPTUAL_WEIGHT * self.perceptual + ADVERSARIAL_WEIGHT * self.adversarial
-        return loss
-
-    @property
-    def total(self) -> torch.Tensor:
-        return self.generator + self.discriminator if exists(self.discriminator) else self.generator
-
-
 class CTViT(nn.Module):
     """CT-CLIP's CTViT. Keyword arguments and defaults are `CTViTConfig`'s (invalid ones raise ValueError).
+
+    Function: with every flag off, CT-CLIP's own (checked against outputs of its code,
+    `tests/test_ctvit_reference.py`); `forward` takes CT-CLIP's arguments with their meaning, so
+    code written for CT-CLIP's CTViT runs on this one unchanged. `losses` is this project's
+    trainer objective.
 
     Frames: a volume whose frame count is a multiple of `temporal_patch_size` is patched as a
     whole (CT-CLIP's convention, how its checkpoints were trained); one with one frame more (and
@@ -241,22 +216,31 @@ class CTViT(nn.Module):
             return torch.cat((first, self.to_patch_emb(video[:, :, 1:])), dim=1), True
         raise ValueError(f"frames ({frames}) must be a multiple of temporal_patch_size ({pt}), or one more")
 
+    def token_mask(self, mask: torch.Tensor, grid: tuple[int, int, int], separate_first_frame: bool) -> torch.Tensor:
+        """Per-token mask (b, t·h·w) from a per-frame `mask` (b, frames): a token counts if any of
+        its frames does (CT-CLIP's rule, with the frame grouping `patch_embed` used)."""
+        t, h, w = grid
+        first, rest = (mask[:, :1], mask[:, 1:]) if separate_first_frame else (mask[:, :0], mask)
+        frames = torch.cat((first, rearrange(rest, "b (t pt) -> b t pt", pt=self.temporal_patch_size).any(dim=-1)), dim=1)
+        return repeat(frames, "b t -> b (t hw)", hw=h * w)
+
     def encode(self, tokens: torch.Tensor) -> torch.Tensor:
         """Encoder transformers over (b, t, h, w, d) tokens: spatial within frames, then temporal."""
         b, t, h, w, _ = tokens.shape
         video_shape = (b, t, h, w)
         x = rearrange(tokens, "b t h w d -> (b t) (h w) d")
-        x = self.enc_spatial_transformer(
-            x, video_shape=video_shape, layout=SPATIAL, attn_bias=self.spatial_rel_pos_bias(h, w)
-        )
+        x = self.enc_spatial_transformer(x, video_shape=video_shape, attn_bias=self.spatial_rel_pos_bias(h, w))
         x = rearrange(x, "(b t) (h w) d -> (b h w) t d", b=b, h=h, w=w)
-        x = self.enc_temporal_transformer(x, video_shape=video_shape, layout=TEMPORAL)
+        x = self.enc_temporal_transformer(x, video_shape=video_shape)
         return rearrange(x, "(b h w) t d -> b t h w d", b=b, h=h, w=w)
 
-    def quantize(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Quantized tokens (b, t, h, w, d), code indices (b, t, h, w) and the commitment loss."""
+    def quantize(
+        self, tokens: torch.Tensor, *, mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Quantized tokens (b, t, h, w, d), code indices (b, t, h, w) and the commitment loss [1]
+        (over the tokens where `mask` (b, t·h·w) is True; see `VectorQuantizer`)."""
         b, t, h, w, _ = tokens.shape
-        quantized, indices, commit_loss = self.vq(rearrange(tokens, "b t h w d -> b (t h w) d"))
+        quantized, indices, commit_loss = self.vq(rearrange(tokens, "b t h w d -> b (t h w) d"), mask=mask)
         grid = dict(t=t, h=h, w=w)
         return (
             rearrange(quantized, "b (t h w) d -> b t h w d", **grid),
@@ -265,19 +249,23 @@ class CTViT(nn.Module):
         )
 
     def decode(self, tokens: torch.Tensor, *, separate_first_frame: bool = False) -> torch.Tensor:
-        """Pixels (b, c, frames, H, W) from quantized tokens (b, t, h, w, d).
+        """Pixels (b, c, frames, H, W) from quantized tokens (b, t, h, w, d) or (b, t·h·w, d).
 
-        Without a decoder the tokens go straight to the pixel heads.
+        With the decoder (CT-CLIP's 2024-02 layout, phenaki's CViViT): the temporal then the
+        spatial decoder transformer, then the pixel heads. Without it (CT-CLIP's current layout)
+        the tokens go straight to the pixel heads. `separate_first_frame` decodes token frame 0
+        with `to_pixels_first_frame` into one frame (phenaki's convention; CT-CLIP's code never does).
         """
+        h, w = (self.image_size // self.config.patch_size,) * 2
+        if tokens.ndim == 3:
+            tokens = rearrange(tokens, "b (t h w) d -> b t h w d", h=h, w=w)
         if self.with_decoder:
             b, t, h, w, _ = tokens.shape
             video_shape = (b, t, h, w)
             x = rearrange(tokens, "b t h w d -> (b h w) t d")
-            x = self.dec_temporal_transformer(x, video_shape=video_shape, layout=TEMPORAL)
+            x = self.dec_temporal_transformer(x, video_shape=video_shape)
             x = rearrange(x, "(b h w) t d -> (b t) (h w) d", b=b, h=h, w=w)
-            x = self.dec_spatial_transformer(
-                x, video_shape=video_shape, layout=SPATIAL, attn_bias=self.spatial_rel_pos_bias(h, w)
-            )
+            x = self.dec_spatial_transformer(x, video_shape=video_shape, attn_bias=self.spatial_rel_pos_bias(h, w))
             tokens = rearrange(x, "(b t) (h w) d -> b t h w d", b=b, h=h, w=w)
         if not separate_first_frame:
             return self.to_pixels(tokens)
@@ -286,54 +274,67 @@ class CTViT(nn.Module):
             return first
         return torch.cat((first, self.to_pixels(tokens[:, 1:])), dim=2)
 
+    def decode_from_codebook_indices(self, indices: torch.Tensor) -> torch.Tensor:
+        """Pixels from code indices (b, t, h, w) or (b, t·h·w), as CT-CLIP's method of that name."""
+        return self.decode(self.vq.codebook[indices])
+
     def encode_video(self, video: torch.Tensor) -> torch.Tensor:
         """Quantized tokens (b, t, h, w, d): what CT-CLIP's CLIP head consumes."""
-        tokens, _ = self.patch_embed(video)
-        quantized, _, _ = self.quantize(self.encode(tokens))
-        return quantized
+        return self(video, return_encoded_tokens=True)
 
-    def _reconstruct(self, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self,
+        video: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        return_recons: bool = False,
+        return_recons_only: bool = False,
+        return_discr_loss: bool = False,
+        apply_grad_penalty: bool = True,
+        return_only_codebook_ids: bool = False,
+        return_encoded_tokens: bool = False,
+    ):
+        """CT-CLIP's `CTViT.forward`: same arguments, same meaning, same order.
+
+        `video` is (b, c, frames, H, W), or (b, c, H, W) for one image. Returns, by the first
+        keyword that applies: `return_only_codebook_ids` the code ids (b, t, h, w);
+        `return_encoded_tokens` the quantized tokens (b, t, h, w, d); `return_recons_only` the
+        reconstruction (shaped as `video`); otherwise the loss CT-CLIP computes (`ctclip_loss`:
+        the reconstruction MSE without VGG/GAN, the discriminator's loss with `return_discr_loss`),
+        as `(loss, reconstruction)` with `return_recons`. `mask` (b, frames) marks the real frames
+        of padded volumes. Raises ValueError for a video of the wrong shape or a mask on an image.
+        """
+        is_image = video.ndim == 4
+        if is_image:
+            if exists(mask):
+                raise ValueError("a mask selects frames: it needs a video, not an image")
+            video = rearrange(video, "b c h w -> b c 1 h w")
         tokens, separate_first = self.patch_embed(video)
-        quantized, _, commit_loss = self.quantize(self.encode(tokens))
-        return self.decode(quantized, separate_first_frame=separate_first), commit_loss
-
-    def forward(self, video: torch.Tensor) -> torch.Tensor:
-        """The reconstruction of `video`, same shape."""
-        recon, _ = self._reconstruct(video)
-        return recon
+        if exists(mask) and mask.shape != video.shape[:1] + video.shape[2:3]:
+            raise ValueError(f"mask must be (batch, frames) = {tuple(video.shape[:1] + video.shape[2:3])}, got {tuple(mask.shape)}")
+        token_mask = self.token_mask(mask, tokens.shape[1:4], separate_first) if exists(mask) else None
+        quantized, ids, commit_loss = self.quantize(self.encode(tokens), mask=token_mask)
+        if return_only_codebook_ids:
+            return ids
+        if return_encoded_tokens:
+            return quantized
+        recon = self.decode(quantized, separate_first_frame=separate_first)
+        returned = rearrange(recon, "b c 1 h w -> b c h w") if is_image else recon
+        if return_recons_only:
+            return returned
+        loss = ctclip_loss(self, video, recon, commit_loss, mask=mask, return_discr_loss=return_discr_loss,
+                           apply_grad_penalty=apply_grad_penalty)
+        return (loss, returned) if return_recons else loss
 
     # --- training ---------------------------------------------------------------------------
 
     def losses(self, video: torch.Tensor) -> CTViTLosses:
-        """Reconstruction (MSE) and commitment losses; with `use_vgg_and_gan` also perceptual,
-        adversarial and discriminator (hinge) losses on one random frame per volume."""
-        recon, commit_loss = self._reconstruct(video)
-        recon_loss = F.mse_loss(recon, video)
-        if not self.use_vgg_and_gan:
-            return CTViTLosses(recon=recon_loss, commit=commit_loss)
-
-        real, fake = self._gan_frames(video, recon)
-        with torch.no_grad():
-            real_features = self.vgg(self._rgb(real))
-        perceptual = F.mse_loss(self.vgg(self._rgb(fake)), real_features)
-        # the generator's adversarial gradient must not train the discriminator: detached weights
-        frozen = {name: p.detach() for name, p in self.discr.named_parameters()}
-        adversarial = hinge_generator_loss(torch.func.functional_call(self.discr, frozen, (fake,)))
-        discriminator = hinge_discriminator_loss(self.discr(fake.detach()), self.discr(real))
-        return CTViTLosses(recon_loss, commit_loss, perceptual, adversarial, discriminator)
-
-    def _gan_frames(self, video: torch.Tensor, recon: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        b, _, frames = video.shape[:3]
-        pick = torch.randint(frames, (b,), device=video.device)
-        batch = torch.arange(b, device=video.device)
-        real, fake = video[batch, :, pick], recon[batch, :, pick]  # (b, c, H, W)
-        size = self.config.discr_image_size
-        if real.shape[-1] != size:
-            real, fake = (F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False) for x in (real, fake))
-        return real, fake
-
-    def _rgb(self, images: torch.Tensor) -> torch.Tensor:
-        return repeat(images, "b 1 h w -> b c h w", c=3) if images.shape[1] == 1 else images
+        """This project's training objective (`project_losses`): reconstruction (MSE) and
+        commitment losses; with `use_vgg_and_gan` also perceptual, adversarial and discriminator
+        (hinge) losses on one random frame per volume."""
+        tokens, separate_first = self.patch_embed(video)
+        quantized, _, commit_loss = self.quantize(self.encode(tokens))
+        recon = self.decode(quantized, separate_first_frame=separate_first)
+        return project_losses(self, video, recon, commit_loss)
 
 
 # --- the family -------------------------------------------------------------------------------

@@ -29,9 +29,8 @@ import torch.nn.functional as F
 from einops import rearrange, repeat
 from torch import nn
 
-# Token layouts the transformers see, as einops patterns over the video's token grid.
-SPATIAL = "(b t) (h w) d"
-TEMPORAL = "(b h w) t d"
+# CT-CLIP's slope for the position-bias MLP (torch's default, 0.01, computes another bias).
+LEAKY_SLOPE = 0.1
 
 
 def exists(value) -> bool:
@@ -111,6 +110,10 @@ class PEG(nn.Module):
     """Position-generating depthwise 3D convolution over the (t, h, w) token grid.
 
     Causal in time (two frames of padding before, none after) so no token sees later frames.
+    Like CT-CLIP's (and phenaki's) PEG, it reads its (batch, tokens, d) input as a (b, t, h, w, d)
+    grid by a plain reshape, whatever the true token order: right for the spatial transformer's
+    `(b t) (h w) d`, a fixed scramble for the temporal transformer's `(b h w) t d`. CT-CLIP's
+    weights were trained with that scramble, so a compatible PEG must make it too.
     """
 
     def __init__(self, *, dim: int, causal: bool = True):
@@ -118,12 +121,11 @@ class PEG(nn.Module):
         self.causal = causal
         self.dsconv = nn.Conv3d(dim, dim, 3, groups=dim)
 
-    def forward(self, x: torch.Tensor, *, video_shape: tuple[int, int, int, int], layout: str) -> torch.Tensor:
-        b, t, h, w = video_shape
-        grid = rearrange(x, f"{layout} -> b d t h w", b=b, t=t, h=h, w=w)
+    def forward(self, x: torch.Tensor, *, video_shape: tuple[int, int, int, int]) -> torch.Tensor:
+        grid = rearrange(x.reshape(*video_shape, -1), "b t h w d -> b d t h w")
         time_padding = (2, 0) if self.causal else (1, 1)
         grid = self.dsconv(F.pad(grid, (1, 1, 1, 1, *time_padding)))
-        return rearrange(grid, f"b d t h w -> {layout}")
+        return rearrange(grid, "b d t h w -> b t h w d").reshape(x.shape)
 
 
 class ContinuousPositionBias(nn.Module):
@@ -135,9 +137,9 @@ class ContinuousPositionBias(nn.Module):
 
     def __init__(self, *, dim: int, heads: int, num_dims: int = 2, layers: int = 2):
         super().__init__()
-        self.net = nn.ModuleList([nn.Sequential(nn.Linear(num_dims, dim), nn.LeakyReLU())])
+        self.net = nn.ModuleList([nn.Sequential(nn.Linear(num_dims, dim), nn.LeakyReLU(LEAKY_SLOPE))])
         for _ in range(layers - 1):
-            self.net.append(nn.Sequential(nn.Linear(dim, dim), nn.LeakyReLU()))
+            self.net.append(nn.Sequential(nn.Linear(dim, dim), nn.LeakyReLU(LEAKY_SLOPE)))
         self.net.append(nn.Linear(dim, heads))
         self.register_buffer("rel_pos", None, persistent=False)
         self._grid: tuple[int, ...] | None = None
@@ -149,7 +151,7 @@ class ContinuousPositionBias(nn.Module):
             positions = rearrange(torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1), "... c -> (...) c")
             offsets = rearrange(positions, "i c -> i 1 c") - rearrange(positions, "j c -> 1 j c")
             # log distance: near offsets stay distinct, far ones compress, so larger grids extrapolate
-            self.rel_pos = torch.sign(offsets) * torch.log1p(offsets.abs())
+            self.rel_pos = torch.sign(offsets) * torch.log(offsets.abs() + 1)
             self._grid = grid
         bias = self.rel_pos.to(weight.dtype)
         for layer in self.net:
@@ -168,6 +170,9 @@ class Attention(nn.Module):
     l2-normalised, rescaled per feature and multiplied by a fixed `scale`: bounded logits keep
     training stable without a 1/sqrt(d) temperature. CT-CLIP uses no null key/values, but the
     empty `null_kv` is part of its layout and still joins the graph (so DDP sees it used).
+
+    As in CT-CLIP, the pre-norm `norm` feeds only the queries: keys and values of self-attention
+    come from the raw input (`context_norm` normalises a cross-attention `context` instead).
     """
 
     def __init__(
@@ -199,9 +204,8 @@ class Attention(nn.Module):
     def forward(
         self, x: torch.Tensor, *, context: torch.Tensor | None = None, attn_bias: torch.Tensor | None = None
     ) -> torch.Tensor:
-        x = self.norm(x)
         kv_input = self.context_norm(context) if exists(context) else x
-        q, k, v = self.to_q(x), *self.to_kv(kv_input).chunk(2, dim=-1)
+        q, k, v = self.to_q(self.norm(x)), *self.to_kv(kv_input).chunk(2, dim=-1)
         q, k, v = (rearrange(t, "b n (heads d) -> b heads n d", heads=self.heads) for t in (q, k, v))
 
         null_k, null_v = repeat(self.null_kv, "heads (n r) d -> r b heads n d", b=x.shape[0], r=2)
@@ -222,9 +226,10 @@ class FlashAttentionQKV(nn.Module):
     Parameter layout (this project's own, not CT-CLIP's): `norm` (flag-chosen: `LayerNorm`
     gamma/beta or `nn.RMSNorm`), `to_qkv` Linear(dim → 3·heads·dim_head, no bias) with q, k, v in
     that order along the output, `q_scale`/`k_scale` [dim_head], `to_out` Linear(heads·dim_head →
-    dim, no bias). The same cosine-similarity attention as `Attention` (so a model can switch
-    implementations and keep its behaviour), but self-attention only: no `context_norm`, no
-    `null_kv`, and keys/values come from the normalised input through the fused projection.
+    dim, no bias). The same function as `Attention` without null key/values (so a model can switch
+    implementations and keep its behaviour): queries from the normalised input, keys and values
+    from the raw input, cosine-similarity logits. Self-attention only: no `context_norm`, no
+    `null_kv`.
     """
 
     def __init__(
@@ -239,7 +244,7 @@ class FlashAttentionQKV(nn.Module):
     ):
         super().__init__()
         inner_dim = dim_head * heads
-        self.heads, self.scale, self.dropout = heads, scale, dropout
+        self.heads, self.scale, self.dropout, self.inner_dim = heads, scale, dropout, inner_dim
         self.norm = make_norm(dim, use_rms_norm=use_rms_norm)
         self.to_qkv = nn.Linear(dim, inner_dim * 3, bias=False)
         self.q_scale = nn.Parameter(torch.ones(dim_head))
@@ -247,7 +252,9 @@ class FlashAttentionQKV(nn.Module):
         self.to_out = nn.Linear(inner_dim, dim, bias=False)
 
     def forward(self, x: torch.Tensor, *, attn_bias: torch.Tensor | None = None) -> torch.Tensor:
-        qkv = self.to_qkv(self.norm(x))
+        # one fused weight, two inputs: its q rows see the normalised input, its k/v rows the raw one
+        weight_q, weight_kv = self.to_qkv.weight.split((self.inner_dim, 2 * self.inner_dim))
+        qkv = torch.cat((F.linear(self.norm(x), weight_q), F.linear(x, weight_kv)), dim=-1)
         q, k, v = rearrange(qkv, "b n (qkv heads d) -> qkv b heads n d", qkv=3, heads=self.heads)
         q = F.normalize(q, dim=-1) * self.q_scale
         k = F.normalize(k, dim=-1) * self.k_scale
@@ -311,12 +318,11 @@ class Transformer(nn.Module):
         x: torch.Tensor,
         *,
         video_shape: tuple[int, int, int, int],
-        layout: str,
         attn_bias: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """`x` is laid out as `layout` (`SPATIAL` or `TEMPORAL`) over `video_shape` = (b, t, h, w)."""
+        """`x`: (batch, tokens, d) tokens of a video whose token grid is `video_shape` = (b, t, h, w)."""
         for peg, attn, _, ff in self.layers:
-            x = peg(x, video_shape=video_shape, layout=layout) + x
+            x = peg(x, video_shape=video_shape) + x
             x = attn(x, attn_bias=attn_bias) + x
             x = ff(x) + x
         return self.norm_out(x)

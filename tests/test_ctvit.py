@@ -230,7 +230,7 @@ def test_a_training_step_works_for_every_flag_combination(family, flags):
     model = family.build(config)
     batch = family.make_batch(config, 2, torch.Generator().manual_seed(0))
     assert batch.shape == (2, 1, 5, 32, 32)
-    assert model(batch).shape == batch.shape
+    assert model(batch, return_recons_only=True).shape == batch.shape
 
     loss = family.compute_loss(model, batch)
     assert loss.ndim == 0 and torch.isfinite(loss)
@@ -278,13 +278,11 @@ def test_the_codebook_learns_only_in_training_mode():
     model.eval()
     before = model.vq._codebook.embed.clone()
     with torch.no_grad():
-        assert torch.equal(model(video), model(video))
+        assert torch.equal(model(video, return_recons_only=True), model(video, return_recons_only=True))
     assert torch.equal(model.vq._codebook.embed, before)
     model.train()
     model(video)
-    embed = model.vq._codebook.embed
-    assert not torch.equal(embed, before)
-    assert torch.allclose(embed.norm(dim=-1), torch.ones(1, 64), atol=1e-5)
+    assert not torch.equal(model.vq._codebook.embed, before)  # the update itself: test_ctvit_quantizer
     assert model.vq._codebook.cluster_size.sum() > 0
 
 
@@ -294,7 +292,7 @@ def test_a_state_dict_loads_strictly_and_reproduces_outputs():
     target.load_state_dict(source.state_dict(), strict=True)
     video = torch.randn(1, 1, 5, 32, 32)
     with torch.no_grad():
-        assert torch.allclose(source(video), target(video))
+        assert torch.allclose(source(video, return_recons_only=True), target(video, return_recons_only=True))
 
 
 def test_flash_attention_computes_the_same_attention():
