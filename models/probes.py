@@ -37,21 +37,31 @@ def ctvit_probe(model: Any, config: CTViTConfig, generator: Any) -> dict[str, An
     """A volume of two token frames (2·temporal_patch_size frames, CT-CLIP's convention).
 
     Through CT-CLIP's keywords when the forward takes them: `tokens` (return_encoded_tokens),
-    `ids` (return_only_codebook_ids), `recons` (return_recons_only); else the reconstruction and
-    the quantized tokens of the methods that exist.
+    `ids` (return_only_codebook_ids), `recons` (return_recons_only); else the reconstruction.
+    Also `pre_quant`, the quantizer's input: tokens, ids and (without a decoder) recons are
+    discrete in the encoder's output, so a small change upstream (a LeakyReLU slope 0.1 → 0.11)
+    shows only there.
     """
     import torch
 
     frames = 2 * config.temporal_patch_size
     video = torch.randn(1, config.channels, frames, config.image_size, config.image_size, generator=generator)
-    keywords = inspect.signature(model.forward).parameters
-    if "return_encoded_tokens" in keywords:
-        return {
-            "tokens": model(video, return_encoded_tokens=True),
-            "ids": model(video, return_only_codebook_ids=True),
-            "recons": model(video, return_recons_only=True),
-        }
-    return {"tokens": model.encode_video(video), "recons": model(video)}
+    outputs: dict[str, Any] = {}
+    quantizer = getattr(model, "vq", None)
+    hook = None
+    if isinstance(quantizer, torch.nn.Module):
+        hook = quantizer.register_forward_pre_hook(lambda _, args: outputs.setdefault("pre_quant", args[0].clone()))
+    try:
+        if "return_encoded_tokens" in inspect.signature(model.forward).parameters:
+            outputs["tokens"] = model(video, return_encoded_tokens=True)
+            outputs["ids"] = model(video, return_only_codebook_ids=True)
+            outputs["recons"] = model(video, return_recons_only=True)
+        else:
+            outputs["recons"] = model(video)
+    finally:
+        if hook is not None:
+            hook.remove()
+    return outputs
 
 
 # --- UNets ------------------------------------------------------------------------------------
