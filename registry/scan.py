@@ -5,7 +5,11 @@ What counts as one checkpoint:
 - a diffusers model folder (`config.json` and `diffusion_pytorch_model*` weights): the folder;
 - an accelerate / Trainer folder (`checkpoint-N`, or one holding `optimizer.bin`, `random_states_0.pkl`
   ...) with `model*` / `pytorch_model*` weights: the folder;
-- a sharded checkpoint's `*.safetensors.index.json` / `*.bin.index.json`: the index, not its shards.
+- a sharded checkpoint's `*.safetensors.index.json` / `*.bin.index.json`: the index, not its shards;
+- a torch.distributed.checkpoint folder (`.metadata` beside `*.distcp` shards): the folder, except
+  accelerate's `optimizer_N/` folders, which hold only optimizer state;
+- a DeepSpeed tag folder (`global_stepN/` with `*_model_states.pt` beside `*_optim_states.pt`): the
+  folder; its save_dir (`latest`, `zero_to_fp32.py`) is not a checkpoint of its own.
 Optimizer, scheduler, scaler, RNG and training-argument files (`optimizer.pt`, `rng_state.pth`,
 `training_args.bin` ...) hold no model and are never read. A diffusers pipeline folder
 (`model_index.json`) is not one checkpoint: its component folders are.
@@ -120,9 +124,27 @@ def _shards(index_path: str) -> set[str]:
         return set()
 
 
+_SHARDED_FILE = re.compile(r"\.distcp$|^\.metadata$|^meta\.pt$|_model_states\.pt$|_optim_states\.pt$")
+_OPTIMIZER_FOLDER = re.compile(r"^optimizer(_\d+)?$")  # accelerate's FSDP optimizer state (a DCP folder)
+
+
+def _sharded_units(folder: str, names: list[str]) -> list[str] | None:
+    """A DCP or DeepSpeed folder as one checkpoint (plus other checkpoint files beside it), or None."""
+    dcp = ".metadata" in names and any(n.endswith(".distcp") for n in names)
+    deepspeed = any(n.endswith("_model_states.pt") and re.match(r"^(zero_pp_rank_\d+_)?mp_rank_\d+_", n) for n in names)
+    if not dcp and not deepspeed:
+        return None
+    consumed = {n for n in names if _SHARDED_FILE.search(n)}
+    unit = [] if dcp and _OPTIMIZER_FOLDER.match(os.path.basename(folder)) else [folder]
+    return unit + _files(folder, names, consumed)
+
+
 def _units_in(folder: str, names: list[str]) -> list[str]:
     """The checkpoints directly in `folder` (the folder itself, index files, files), given its
     file names."""
+    sharded = _sharded_units(folder, names)
+    if sharded is not None:
+        return sharded
     if "model_index.json" not in names:
         bases = {name: _weights_base(name) for name in names}
         if "config.json" in names and "diffusion_pytorch_model" in bases.values():

@@ -76,45 +76,106 @@ def _reader(folder: str, data: bytes):
     return CheckedReader(folder)
 
 
+class DcpFolder:
+    """A DCP folder checked once: the model's FQNs (`by_name`: schema name -> FQN), their dtypes
+    and global shapes, and the checked `.metadata` bytes torch's loader is handed."""
+
+    def __init__(self, folder: str):
+        from .readers.dcp import METADATA_FILE, parse_metadata, split_other_state
+        from .readers.layout import find_layout
+        from .readers.limits import DEFAULT_LIMITS, FormatError
+
+        self.folder = folder
+        try:
+            parsed = parse_metadata(folder, allow_unsafe=False, limits=DEFAULT_LIMITS)
+            with open(os.path.join(folder, METADATA_FILE), "rb") as handle:
+                self.data = handle.read(DEFAULT_LIMITS.max_pickle_bytes + 1)
+            layout = find_layout(split_other_state(parsed.tree)[0], DEFAULT_LIMITS)
+        except (FormatError, OSError) as exc:
+            raise CheckpointError(f"{folder}: cannot load it ({getattr(exc, 'message', exc)})") from None
+        container = tuple(layout.container.split("/")) if layout.container else ()
+        cut = len(layout.wrapper or "")
+        self.by_name = {path[-1][cut:]: fqn for path, fqn in parsed.names.items()
+                        if path[:-1] == container and type(path[-1]) is str}
+        self.tensors = parsed.tensors  # FQN -> (dtype, global shape)
+
+    def load(self, names: list[str]) -> dict[str, Any]:
+        """The tensors `names` (schema names), read by torch's DCP loader in this process."""
+        import warnings
+
+        import torch
+        import torch.distributed.checkpoint as dcp
+
+        state = {}
+        for name in names:
+            dtype, shape = self.tensors[self.by_name[name]]
+            state[self.by_name[name]] = torch.empty(shape, dtype=getattr(torch, dtype))
+        try:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*torch.distributed is disabled.*")
+                dcp.load(state, storage_reader=_reader(self.folder, self.data))
+        except pickle.UnpicklingError as exc:
+            raise CheckpointError(f"{self.folder}: .metadata changed since it was checked ({exc})") from None
+        except Exception as exc:  # torch's loader raises bare exceptions (CheckpointException, RuntimeError)
+            first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+            raise CheckpointError(f"{self.folder}: torch's DCP loader failed ({first})") from None
+        return {name: state[self.by_name[name]] for name in names}
+
+
 def load_dcp(folder: str) -> dict[str, Any]:
     """The model tensors of the DCP folder, named as `read_checkpoint` names them (container and
     wrappers stripped). Raises `CheckpointError`."""
-    import warnings
+    source = DcpFolder(folder)
+    return source.load(list(source.by_name))
 
-    import torch
-    import torch.distributed.checkpoint as dcp
 
-    from .readers.dcp import METADATA_FILE, parse_metadata, split_other_state
-    from .readers.layout import find_layout
-    from .readers.limits import DEFAULT_LIMITS, FormatError
+BATCH_BYTES = 64 << 20  # what one streamed DCP read holds in memory at most (beyond one bigger tensor)
 
-    try:
-        parsed = parse_metadata(folder, allow_unsafe=False, limits=DEFAULT_LIMITS)
-        with open(os.path.join(folder, METADATA_FILE), "rb") as handle:
-            data = handle.read(DEFAULT_LIMITS.max_pickle_bytes + 1)
-        layout = find_layout(split_other_state(parsed.tree)[0], DEFAULT_LIMITS)
-    except (FormatError, OSError) as exc:
-        raise CheckpointError(f"{folder}: cannot load it ({getattr(exc, 'message', exc)})") from None
-    container = tuple(layout.container.split("/")) if layout.container else ()
-    cut = len(layout.wrapper or "")
-    by_fqn: dict[str, str] = {}
-    for path, fqn in parsed.names.items():
-        if path[:-1] == container and type(path[-1]) is str:
-            by_fqn[fqn] = path[-1][cut:]
-    state = {}
-    for fqn in by_fqn:
-        dtype, shape = parsed.tensors[fqn]
-        state[fqn] = torch.empty(shape, dtype=getattr(torch, dtype))
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*torch.distributed is disabled.*")
-            dcp.load(state, storage_reader=_reader(folder, data))
-    except pickle.UnpicklingError as exc:
-        raise CheckpointError(f"{folder}: .metadata changed since it was checked ({exc})") from None
-    except Exception as exc:  # torch's loader raises bare exceptions (CheckpointException, RuntimeError)
-        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{folder}: torch's DCP loader failed ({first})") from None
-    return {name: state[fqn] for fqn, name in by_fqn.items()}
+
+def sharded_lazy_tensors(info: CheckpointInfo) -> dict[str, Any]:
+    """`registry.streaming` LazyTensors of a DCP or DeepSpeed checkpoint, for a streaming convert.
+
+    DCP: tensors are read through torch's DCP loader a batch of up to `BATCH_BYTES` at a time, in
+    the order they are asked for, so memory stays flat. DeepSpeed ZeRO 0-2: the model-states
+    file's `module`, streamed as any torch zip. Raises `NotStreamable` for ZeRO-3 (its weights
+    must be reassembled from every rank's partition: the in-memory path does that).
+    """
+    from .readers.dtypes import ELEMENT_BYTES
+    from .streaming import LazyTensor, NotStreamable
+
+    if info.format == "deepspeed-folder":
+        if info.metadata.get("deepspeed", {}).get("zero_stage") == 3:
+            raise NotStreamable("a ZeRO-3 checkpoint's weights are partitioned across its optimizer files")
+        from .streaming.sources import torch_zip_tensors
+
+        return torch_zip_tensors(info.files[0], "module")
+    source = DcpFolder(os.path.dirname(info.files[0]))
+    names = sorted(source.by_name)
+    sizes = {}
+    for name in names:
+        dtype, shape = source.tensors[source.by_name[name]]
+        count = 1
+        for dim in shape:
+            count *= dim
+        sizes[name] = count * (ELEMENT_BYTES.get(dtype) or 1)
+    batch: dict[str, Any] = {}
+
+    def loader(name: str):
+        def load() -> Any:
+            if name not in batch:
+                batch.clear()
+                start, total, wanted = names.index(name), 0, []
+                for other in names[start:]:
+                    if wanted and total + sizes[other] > BATCH_BYTES:
+                        break
+                    wanted.append(other)
+                    total += sizes[other]
+                batch.update(source.load(wanted))
+            return batch.pop(name)
+        return load
+
+    return {name: LazyTensor.of(name, source.tensors[source.by_name[name]][1], source.tensors[source.by_name[name]][0],
+                                load=loader(name)) for name in names}
 
 
 # --- DeepSpeed ----------------------------------------------------------------------------------

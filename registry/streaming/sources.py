@@ -32,6 +32,10 @@ def lazy_tensors(info: CheckpointInfo, *, allow_unsafe: bool = False) -> dict[st
     storages, tensors without storage, sub-byte dtypes) and `CheckpointError` when the file no
     longer holds the schema read before (it changed in between).
     """
+    if info.format in ("dcp-folder", "deepspeed-folder"):  # shards a reader assembles (registry.sharded_load)
+        from registry.sharded_load import sharded_lazy_tensors
+
+        return sharded_lazy_tensors(info)
     tensors: dict[str, LazyTensor] = {}
     for file in info.files:
         found = safetensors_tensors(file) if file.endswith(".safetensors") else torch_zip_tensors(

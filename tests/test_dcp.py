@@ -1,0 +1,297 @@
+"""torch.distributed.checkpoint folders (issue 16): read from `.metadata` only, never run, never the shards.
+
+The real folders are written once by two gloo processes (`dcp_writer.py`): FSDP2-sharded
+`ctvit/tiny` and `ldm-unet/tiny` (`{"model": ..., "optim": ...}` from `get_state_dict`) and a plain
+model in torchtitan's flat layout, each beside its single-file twin. Hostile `.metadata` files are
+built from a small single-process save: a payload that would create a marker under torch's own
+reader (a control proves it does), a huge chunk list and shape lies, each refused with exit 3 and
+one line, in bounded memory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import resource
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from registry.catalog import get_builtin_variant
+from registry.readers import read_checkpoint
+from registry.store import open_registry
+from registry.store.variants import init_builtin_variants
+
+HERE = Path(__file__).parent
+VARIANTS = ["ctvit/tiny", "ldm-unet/tiny", "diffusers-unet/tiny"]
+
+
+def registry_cli(*args: str, db: str | None = None, memory: int | None = None) -> subprocess.CompletedProcess:
+    def bound():
+        if memory:
+            resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+
+    env = dict(os.environ)
+    if db:
+        env["REGISTRY_DB"] = db
+    return subprocess.run([sys.executable, "-m", "registry.command.cli", *args], capture_output=True, text=True,
+                          env=env, timeout=300, preexec_fn=bound)
+
+
+# --- real folders from two processes ----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def written(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("dcp")
+    done = subprocess.run([sys.executable, str(HERE / "dcp_writer.py"), str(out)], capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return out
+
+
+@pytest.fixture(scope="module")
+def db(written) -> str:
+    url = f"sqlite:///{written / 'registry.db'}"
+    with open_registry(url, upgrade=True) as reg:
+        init_builtin_variants(reg, [get_builtin_variant(v) for v in VARIANTS])
+    return url
+
+
+FOLDERS = {"ctvit": "ctvit/step-1", "unet": "unet/step-1", "plain": "plain/checkpoint-1"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(FOLDERS))
+def test_a_dcp_folder_fingerprints_as_its_single_file_twin(written, name):
+    result = registry_cli("fingerprint", str(written / FOLDERS[name]), str(written / f"{name}.pt"), "--json")
+    assert result.returncode == 0, result.stderr
+    folder, twin = json.loads(result.stdout)
+    assert folder["fingerprint"] == twin["fingerprint"]
+    assert folder["entries"] == twin["entries"] and folder["parameters"] == twin["parameters"]
+    assert folder["format"] == "dcp-folder"
+    assert folder["step"] == 1  # from the folder's name
+    assert folder["files"] == [str(written / FOLDERS[name] / ".metadata")]  # the shards are never read
+    assert folder["metadata"]["dcp"]["shards"] == 2
+    if name == "plain":  # torchtitan: the model at the top level beside optimizer.* FQNs
+        assert folder["container"] is None and folder["metadata"]["dcp"]["other_state"] == ["optimizer"]
+    else:
+        assert folder["container"] == "model" and folder["metadata"]["dcp"]["other_state"] == ["optim"]
+
+
+@pytest.mark.slow
+def test_match_finds_the_variant_of_each_folder(written, db):
+    for folder, variant in [("ctvit/step-1", "ctvit/tiny"), ("unet/step-1", "ldm-unet/tiny")]:
+        result = registry_cli("match", str(written / folder), "--json", db=db)
+        assert result.returncode == 0, result.stderr
+        answer = json.loads(result.stdout)
+        assert (answer["status"], answer["variant"]) == ("exact", variant)
+    # the .metadata file names its folder
+    result = registry_cli("match", str(written / "ctvit/step-1/.metadata"), "--json", db=db)
+    assert json.loads(result.stdout)["variant"] == "ctvit/tiny"
+
+
+@pytest.mark.slow
+def test_resuming_loads_the_global_tensors_through_torchs_dcp_loader(written, db):
+    from registry.latest import latest_checkpoint
+    from registry.training.resume import plan_resume
+
+    found = latest_checkpoint(written / "ctvit")
+    assert (found.path, found.step) == (written / "ctvit/step-1", 1)
+    twin = torch.load(written / "ctvit.pt", weights_only=True)
+    with open_registry(db) as reg:
+        plan = plan_resume(reg, str(found.path))
+    assert (plan.variant, plan.step) == ("ctvit/tiny", 1)
+    assert plan.state_dict.keys() == twin.keys()
+    assert all(torch.equal(plan.state_dict[k], twin[k]) for k in twin)
+    model = torch.nn.Module()  # the strict load a trainer does
+    from registry.families import get_family, make_config
+
+    family = get_family("ctvit")
+    model = family.build(make_config(family, plan.config))
+    model.load_state_dict(plan.state_dict, strict=True)
+
+
+@pytest.mark.slow
+def test_an_ldm_unet_dcp_folder_is_converted_on_load_as_single_files_are(written, db):
+    from registry.training.resume import plan_resume
+
+    with open_registry(db) as reg:
+        from_folder = plan_resume(reg, str(written / "unet/step-1"), family="diffusers-unet")
+        from_file = plan_resume(reg, str(written / "unet.pt"), family="diffusers-unet")
+    assert from_folder.variant == "diffusers-unet/tiny" and from_folder.conversion is not None
+    assert from_folder.state_dict.keys() == from_file.state_dict.keys()
+    assert all(torch.equal(from_folder.state_dict[k], from_file.state_dict[k]) for k in from_file.state_dict)
+
+
+@pytest.mark.slow
+def test_convert_writes_one_safetensors_file_equal_to_the_model(written, db, tmp_path):
+    from safetensors.torch import load_file
+
+    out = tmp_path / "ctvit.safetensors"
+    result = registry_cli("convert", str(written / "ctvit/step-1"), "--to", "ctvit/tiny", "-o", str(out), "--json",
+                          db=db)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["streamed"] is True  # tensor by tensor through torch's DCP loader
+    twin = torch.load(written / "ctvit.pt", weights_only=True)
+    converted = load_file(out)
+    assert converted.keys() == twin.keys() and all(torch.equal(converted[k], twin[k]) for k in twin)
+
+    # LDM UNet -> diffusers, from the folder and from its single-file twin: the same tensors
+    outputs = []
+    for source in ("unet/step-1", "unet.pt"):
+        outputs.append(tmp_path / f"{source.replace('/', '-')}.safetensors")
+        result = registry_cli("convert", str(written / source), "--to", "diffusers-unet/tiny", "-o", str(outputs[-1]),
+                              db=db)
+        assert result.returncode == 0, result.stderr
+    from_folder, from_file = (load_file(path) for path in outputs)
+    assert from_folder.keys() == from_file.keys()
+    assert all(torch.equal(from_folder[k], from_file[k]) for k in from_file)
+
+
+@pytest.mark.slow
+def test_scan_records_each_folder_as_one_checkpoint(written, db):
+    result = registry_cli("scan", str(written), "--json", db=db)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    paths = sorted(c["path"] for c in report["checkpoints"])
+    assert paths == sorted([str(written / f) for f in FOLDERS.values()] + [str(written / f"{n}.pt") for n in FOLDERS])
+    assert report["skipped"] == []
+    formats = {c["path"]: (c["format"], c["status"]) for c in report["checkpoints"]}
+    assert formats[str(written / "ctvit/step-1")] == ("dcp-folder", "exact")
+
+
+# --- hostile .metadata, from a small single-process save ------------------------------------------------
+
+
+@pytest.fixture
+def small(tmp_path) -> Path:
+    """A DCP folder of a small model, written without a process group (one `.distcp`)."""
+    import torch.distributed.checkpoint as dcp
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.LayerNorm(8))
+    folder = tmp_path / "step-5"
+    with pytest.warns(UserWarning, match="single process"):
+        dcp.save({"model": model.state_dict()}, checkpoint_id=str(folder))
+    return folder
+
+
+def metadata_of(folder: Path):
+    from torch.distributed.checkpoint import FileSystemReader
+
+    return FileSystemReader(str(folder)).read_metadata()
+
+
+def write_metadata(folder: Path, metadata) -> None:
+    (folder / ".metadata").write_bytes(pickle.dumps(metadata))
+
+
+class Payload:
+    """Unpickling it runs a shell command (as a hostile .metadata would)."""
+
+    def __init__(self, command: str):
+        self.command = command
+
+    def __reduce__(self):
+        return (os.system, (self.command,))
+
+
+def refused(folder: Path, *needles: str) -> str:
+    result = registry_cli("fingerprint", str(folder), memory=1 << 30)
+    assert result.returncode == 3, result.stderr
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    for needle in needles:
+        assert needle in lines[0]
+    return lines[0]
+
+
+def test_a_small_folder_reads_and_its_metadata_path_names_it(small):
+    info = read_checkpoint(small)
+    assert info == read_checkpoint(small / ".metadata")
+    assert (info.format, info.container, info.step, len(info.schema)) == ("dcp-folder", "model", 5, 4)
+
+
+def test_a_payload_in_metadata_runs_under_torch_but_never_here(small, tmp_path):
+    marker = tmp_path / "ran.marker"
+    metadata = metadata_of(small)
+    metadata.storage_meta.checkpoint_id = Payload(f"touch {marker}")
+    write_metadata(small, metadata)
+    control = subprocess.run([sys.executable, "-c", "import sys\nfrom torch.distributed.checkpoint import "
+                              "FileSystemReader\nFileSystemReader(sys.argv[1]).read_metadata()", str(small)],
+                             capture_output=True, timeout=120)
+    assert control.returncode == 0 and marker.exists(), "the payload is dead, so this test tests nothing"
+    marker.unlink()
+    line = refused(small, f"refusing {small / '.metadata'}: .metadata calls posix.system", "would run code")
+    assert line.startswith("error: ")
+    assert not marker.exists()
+
+
+def test_a_bare_payload_pickle_named_metadata_is_refused(small, tmp_path):
+    marker = tmp_path / "ran.marker"
+    (small / ".metadata").write_bytes(pickle.dumps(Payload(f"touch {marker}")))
+    refused(small, "calls posix.system")
+    assert not marker.exists()
+
+
+def test_a_huge_chunk_list_is_refused_in_bounded_memory(small):
+    from torch.distributed.checkpoint.metadata import ChunkStorageMetadata
+
+    metadata = metadata_of(small)
+    entry = metadata.state_dict_metadata["model.0.weight"]
+    chunk = ChunkStorageMetadata(offsets=torch.Size([0, 0]), sizes=torch.Size([8, 4]))
+    entry.chunks = [chunk] * 3_000_000  # one memoized object, three million references
+    write_metadata(small, metadata)
+    refused(small, "'model.0.weight' is split into 3,000,000 chunks")
+
+
+@pytest.mark.parametrize("lie, message", [
+    ("gap", "do not tile"), ("overlap", "two chunks overlap"), ("outside", "lies outside its global shape"),
+    ("negative", "has a negative size"), ("dimensions", "but a chunk of 1 dimensions"),
+])
+def test_a_shape_lie_is_refused(small, lie, message):
+    from torch.distributed.checkpoint.metadata import ChunkStorageMetadata
+
+    def chunk(offsets, sizes):
+        return ChunkStorageMetadata(offsets=torch.Size(offsets), sizes=torch.Size(sizes))
+
+    metadata = metadata_of(small)
+    entry = metadata.state_dict_metadata["model.0.weight"]  # global shape [8, 4]
+    entry.chunks = {
+        "gap": [chunk([0, 0], [4, 4])],
+        "overlap": [chunk([0, 0], [4, 4]), chunk([2, 0], [4, 4])],  # rows 2-3 twice, rows 6-7 never
+        "outside": [chunk([0, 0], [8, 4]), chunk([8, 0], [1, 4])],
+        "negative": [chunk([0, 0], [8, 4]), chunk([4, 0], [-4, 4])],
+        "dimensions": [chunk([0], [32])],
+    }[lie]
+    write_metadata(small, metadata)
+    refused(small, message)
+
+
+def test_a_negative_global_shape_is_refused(small):
+    metadata = metadata_of(small)
+    metadata.state_dict_metadata["model.0.bias"].size = torch.Size([-8])
+    write_metadata(small, metadata)
+    refused(small, "'model.0.bias': the global shape [-8] has a negative size")
+
+
+def test_a_missing_shard_and_an_optimizer_only_folder_are_refused(small, tmp_path):
+    (small / "__0_0.distcp").rename(tmp_path / "moved.distcp")
+    (small / "__1_0.distcp").write_bytes(b"")  # a folder is a DCP folder by its .distcp files
+    refused(small, "shard __0_0.distcp named by .metadata is missing")
+
+    import torch.distributed.checkpoint as dcp
+
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.AdamW(model.parameters())
+    model(torch.ones(1, 2)).sum().backward()
+    optimizer.step()
+    folder = tmp_path / "optimizer_0"  # accelerate's FSDP optimizer folder
+    with pytest.warns(UserWarning, match="single process"):
+        dcp.save({"optimizer": optimizer.state_dict()}, checkpoint_id=str(folder))
+    refused(folder, "it holds no model tensors (only optimizer)")
