@@ -16,7 +16,7 @@ from registry.errors import UsageError
 from registry.schema import short_form
 from registry.store import browse
 
-from .lineage import RunForest, build_graph
+from .graph import RunForest, build_graph
 from .svg import render_svg
 
 PAGE_SIZE = 100

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from html import escape
 
-from .lineage import LineageGraph
+from .graph import LineageGraph
 
 NODE_W, NODE_H = 230, 46
 LANE_W, ROW_H = 260, 78
