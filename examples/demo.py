@@ -9,13 +9,18 @@ never touches your own registry. Every step is a real `registry` command, printe
 2. a tiny LDM UNet trains; the new diffusers UNet refuses its checkpoint (the diff says why);
    `registry convert` turns it into the diffusers layout, and training of the diffusers UNet
    resumes at the LDM run's step, not at step 0 (incident 2's trainer started over);
-3. `registry audit` shows which runs used which architecture, the resume chains and conversions.
+3. the first incident in a user's own repository (a copy of `examples/own-model`): the project's
+   `pyproject.toml` declares its variants, `registry init` registers them, the trainer resumes
+   the baseline through `registry.resume` although the config now says RMSNorm, and CI's
+   `registry check` fails on the RMSNorm planted in the user's own `Attention`;
+4. `registry audit` shows which runs used which architecture, the resume chains and conversions.
 """
 
 from __future__ import annotations
 
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -61,6 +66,38 @@ def naive_load(ldm_checkpoint: Path) -> None:
         print("       incident 2's trainer caught this error and silently started again from step 0")
 
 
+OWN_MODEL = Path(__file__).with_name("own-model")
+
+
+def own_model_chapter(work: Path, env: dict[str, str]) -> None:
+    """The first incident where it happened: in the user's own code, not in a built-in family."""
+    project = work / "own-model"
+    shutil.copytree(OWN_MODEL, project, ignore=shutil.ignore_patterns("runs", "registry.db*", "__pycache__"))
+
+    def in_project(*argv: str, expect: int = 0) -> None:
+        print(f"$ {shlex.join(argv)}", flush=True)
+        program = REGISTRY if argv[0] == "registry" else sys.executable
+        done = subprocess.run([program, *argv[1:]], cwd=project, env=env, capture_output=True, text=True)
+        print(done.stdout + done.stderr, end="", flush=True)
+        if done.returncode != expect:
+            sys.exit(f"demo failed: `{shlex.join(argv)}` exited {done.returncode}, expected {expect}")
+
+    print("\n##### Your own models: the first incident in a user's repository (examples/own-model)")
+    step("The project's pyproject.toml declares its variants by class and YAML config; `registry init` registers them")
+    print("[tool.registry.variants.\"videovit/baseline\"]  class = \"src.models.vit:VideoViT\"  "
+          "config = \"configs/base_config.yaml\"  config_key = \"model.image_encoder\"")
+    in_project("registry", "init")
+    step("The project's own train.py trains the baseline (it calls registry.start_run and embeds the registry record)")
+    in_project("python", "train.py", "--config", "configs/base_config.yaml", "--out", "runs/vit", "--steps", "5")
+    step("The default config moved to RMSNorm; `--resume latest` calls registry.resume, which builds the checkpoint's config")
+    in_project("python", "train.py", "--config", "configs/optimized.yaml", "--out", "runs/vit", "--steps", "8",
+               "--resume", "latest")
+    step("A commit hard-codes RMSNorm in the user's Attention (src/models/attention.py): CI's `registry check` fails")
+    attention = project / "src" / "models" / "attention.py"
+    attention.write_text(attention.read_text().replace("self.norm = norm_class(use_rms_norm)(dim)", "self.norm = nn.RMSNorm(dim)"))
+    in_project("registry", "check", "videovit/baseline", "videovit/optimized", expect=1)
+
+
 def main() -> None:
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="registry-demo-") as workdir:
@@ -101,6 +138,8 @@ def main() -> None:
         step("Resume training as a diffusers UNet at the LDM run's step (converted in memory, AdamW state carried)")
         run("train", "--family", "diffusers-unet", "--out", str(unet_runs), "--steps", "8", "--every", "4",
             "--resume", str(ldm_checkpoint), env=env)
+
+        own_model_chapter(work, env)
 
         step("Which runs used which architecture: resume chains and conversions")
         run("audit", env=env)
