@@ -183,6 +183,8 @@ class CTViT(nn.Module):
                 attn_res_layers=discr_attn_res_layers, use_rms_norm=use_rms_norm,
                 use_flash_attention=use_flash_attention,
             )
+        else:
+            self.vgg = self.discr = None  # as CT-CLIP's (its trainer tests `exists(vae.discr)`)
 
     @classmethod
     def from_config(cls, config: CTViTConfig) -> "CTViT":
@@ -193,6 +195,16 @@ class CTViT(nn.Module):
         if self.use_vgg_and_gan:
             self.vgg.eval()
         return self
+
+    @property
+    def patch_height_width(self) -> tuple[int, int]:
+        """The token grid (h, w) of one frame (CT-CLIP's property)."""
+        return (self.image_size // self.config.patch_size,) * 2
+
+    @property
+    def image_num_tokens(self) -> int:
+        """Tokens per token frame (CT-CLIP's property)."""
+        return self.patch_height_width[0] * self.patch_height_width[1]
 
     # --- tokens -----------------------------------------------------------------------------
 
@@ -256,7 +268,7 @@ class CTViT(nn.Module):
         the tokens go straight to the pixel heads. `separate_first_frame` decodes token frame 0
         with `to_pixels_first_frame` into one frame (phenaki's convention; CT-CLIP's code never does).
         """
-        h, w = (self.image_size // self.config.patch_size,) * 2
+        h, w = self.patch_height_width
         if tokens.ndim == 3:
             tokens = rearrange(tokens, "b (t h w) d -> b t h w d", h=h, w=w)
         if self.with_decoder:

@@ -257,6 +257,31 @@ def test_generator_and_discriminator_losses_train_separate_parameters(family):
     assert "discr" not in touched and "vgg" not in touched and "to_pixels" in touched
 
 
+def test_ct_clip_losses_through_forward(family):
+    """CT-CLIP's trainer calls `vae(video, apply_grad_penalty=...)` for the autoencoder and
+    `vae(video, return_discr_loss=True)` for the discriminator."""
+    torch.manual_seed(0)
+    model = family.build(make_config(family, {**TINY, "use_vgg_and_gan": True})).train()
+    video = torch.randn(2, 1, 4, 32, 32)
+    model(video).backward()
+    touched = {n.split(".")[0] for n, p in model.named_parameters() if p.grad is not None}
+    assert {"to_patch_emb", "enc_spatial_transformer", "dec_spatial_transformer", "to_pixels"} <= touched
+    assert "vgg" not in touched
+
+    model.zero_grad(set_to_none=True)
+    torch.manual_seed(1)
+    with_penalty = model(video, return_discr_loss=True)
+    torch.manual_seed(1)
+    without = model(video, return_discr_loss=True, apply_grad_penalty=False)
+    assert with_penalty > without >= 0  # hinge loss plus 10 · (|grad| - 1)², here well above 0
+    with_penalty.backward()
+    assert {n.split(".")[0] for n, p in model.named_parameters() if p.grad is not None} == {"discr"}
+
+    plain = CTViT(**TINY)
+    with pytest.raises(ValueError, match="return_discr_loss needs a discriminator"):
+        plain(video, return_discr_loss=True)
+
+
 def test_ct_clip_frame_convention_leaves_the_first_frame_heads_out():
     torch.manual_seed(0)
     model = CTViT(**TINY)

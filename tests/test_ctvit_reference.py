@@ -102,6 +102,9 @@ def test_ct_clip_keywords_return_the_reference_outputs(reference):
         assert torch.allclose(model(video), loss)
         pixels = model.decode_from_codebook_indices(io["ids"])
         assert (pixels - io["pixels"]).abs().max() <= TOLERANCE
+    # attributes CT-CLIP's trainer and CLIP wrapper read
+    assert model.discr is None and model.vgg is None and not model.use_vgg_and_gan
+    assert model.patch_height_width == (4, 4) and model.image_num_tokens == 16
 
 
 def _temporal_peg_in_true_layout(model: CTViT) -> None:
