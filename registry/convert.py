@@ -104,6 +104,39 @@ def conversion_method(reg: Any, info: CheckpointInfo, variant: str, renames: Ren
     raise ConversionError(f"no converter turns {info.path} into {variant}: {summary}", hint=hint)
 
 
+def named_target_method(reg: Any, info: CheckpointInfo, variant: str) -> Method | None:
+    """The method for a named target from registered facts alone, or None to ask full matching.
+
+    The checkpoint (or a sub-model of it) already has the target's fingerprint: extract it. Or it
+    has the fingerprint of a registered variant of a converter's source family, and the converter
+    maps that variant's config onto the target's config: convert with it. No model is built (full
+    matching builds the target on the meta device, seconds for an SD UNet); the result is still
+    verified against the target's fingerprint before a byte is written.
+    """
+    from .families import config_dict
+
+    target_sv = reg.latest_schema_version(variant)
+    prefixes = {"": info.fingerprint, **{sub.prefix: sub.fingerprint for sub in info.submodels()}}
+    for prefix, fingerprint in prefixes.items():
+        if fingerprint == target_sv.fingerprint:
+            return Method("extract", True, prefix=prefix)
+    target = reg.require_variant(variant)
+    candidates = [c for c in converters() if c.target_family == target.family]
+    if not candidates:
+        return None
+    target_config = config_dict(make_config(get_family(target.family), target.config))
+    registered = reg.find_by_fingerprints(prefixes.values())
+    for converter in candidates:
+        for prefix, fingerprint in prefixes.items():
+            for sv in registered.get(fingerprint, []):
+                if sv.family != converter.source_family:
+                    continue
+                source_config = make_config(get_family(sv.family), reg.require_variant(sv.variant).config)
+                if config_dict(converter.target_config(source_config)) == target_config:
+                    return Method(converter.name, converter.exact, prefix, converter=converter, source_config=source_config)
+    return None
+
+
 def converted_state_dict(reg: Any, info: CheckpointInfo, variant: str, renames: RenameRules | None = None) -> tuple[dict, str, bool]:
     """The state dict of `info` converted for `variant` (in memory), the method used, and whether it is exact."""
     method = conversion_method(reg, info, variant, renames)
@@ -214,7 +247,8 @@ def convert_checkpoint(
     report("reading", 0, 0)
     info = read_checkpoint(str(source), allow_unsafe=allow_unsafe)
     report("matching", 0, 0)
-    method = conversion_method(reg, info, to, renames)
+    method = None if renames and renames.rules else named_target_method(reg, info, to)
+    method = method or conversion_method(reg, info, to, renames)
     report("converting", 0, 0)
     streamed = _streamed_tensors(info, method, allow_unsafe) if target.suffix == ".safetensors" else None
     if streamed is not None:
