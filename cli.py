@@ -44,9 +44,11 @@ class RegistryGroup(click.Group):
 @click.group(cls=RegistryGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
 @click.option("--db", "db", metavar="URL", help="Registry database URL or SQLite path (else REGISTRY_DB, else a file in the user data dir).")
+@click.option("--plugin", "plugins", multiple=True, metavar="MODULE",
+              help="Import MODULE, which registers model families (repeatable; also REGISTRY_PLUGINS=mod1,mod2).")
 @click.version_option(package_name="model-registry", prog_name="registry")
 @click.pass_context
-def main(ctx: click.Context, debug: bool, db: str | None) -> None:
+def main(ctx: click.Context, debug: bool, db: str | None, plugins: tuple[str, ...]) -> None:
     """Versioned architecture schemas for PyTorch checkpoints.
 
     \b
@@ -54,6 +56,10 @@ def main(ctx: click.Context, debug: bool, db: str | None) -> None:
       registry fingerprint ckpt.pt
     """
     ctx.obj = {"debug": debug, "db": db}
+    if plugins:  # imported when a command first needs the families (registry/plugins.py)
+        from registry.plugins import request_plugins
+
+        request_plugins(plugins)
 
 
 # --- the commands: one module per noun in commands/, one line each here ------------------------

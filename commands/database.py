@@ -41,16 +41,25 @@ def info_command(ctx: click.Context, as_json: bool) -> None:
 @json_option
 @click.pass_context
 def init_command(ctx: click.Context, as_json: bool) -> None:
-    """Create or upgrade the database and register every built-in variant (idempotent).
+    """Create or upgrade the database and register every built-in variant and every variant the
+    nearest pyproject.toml declares in `[tool.registry.variants]` (idempotent).
+
+    A declared variant whose config changed since it was registered is refused (exit 2): a
+    registered variant keeps its config, so give the new config a new name.
 
     \b
     Example:
       registry --db sqlite:///registry.db init
     """
+    from registry.declared import register_declared_variants
+    from registry.project import load_project
     from registry.store.variants import init_builtin_variants
 
+    project = load_project()
     with open_registry_from(ctx, upgrade=True) as reg:
         outcomes = init_builtin_variants(reg)
+        if project is not None and project.variants:
+            outcomes += register_declared_variants(reg, project)
         url = reg.url_display
     if as_json:
         emit_json([o.as_dict() for o in outcomes])

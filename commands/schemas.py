@@ -13,11 +13,16 @@ from ._output import EXIT_OK, debug_enabled, emit_json, json_option
 @click.command("families")
 @json_option
 def families_command(as_json: bool) -> None:
-    """List the model families and their config fields with defaults.
+    """List the model families, where each comes from, and their config fields with defaults.
+
+    Families arrive through the entry-point group `registry.families` (the built-in ones too),
+    the `[tool.registry]` table of the nearest pyproject.toml, `--plugin MODULE` and
+    REGISTRY_PLUGINS; a class named as `pkg.module:Class` is a family of its own.
 
     \b
-    Example:
+    Examples:
       registry families --json
+      registry --plugin src.models.families families
     """
     from registry.reporting import family_rows
 
@@ -27,8 +32,10 @@ def families_command(as_json: bool) -> None:
         return
     for row in rows:
         click.echo(f"{row['name']}: {row['description']}")
+        click.echo(f"  source: {row['source']}")
         for fld in row["fields"]:
-            click.echo(f"  {fld['name']:<28} {fld['type']:<28} default {json.dumps(fld['default'])}")
+            default = "required" if fld.get("required") else f"default {json.dumps(fld['default'])}"
+            click.echo(f"  {fld['name']:<28} {fld['type']:<28} {default}")
 
 
 @click.command("schema")

@@ -181,7 +181,9 @@ def check_command(ctx: click.Context, variants: tuple[str, ...], no_behaviour: b
     """Rebuild every registered variant from the current code; exit 1 if any layout or behaviour moved.
 
     Compares each variant's fingerprint (names and shapes) and module signature (module classes)
-    with its latest schema version, and names the package versions that changed. When the layout
+    with its latest schema version, and names the package versions that changed. A variant whose
+    family is not loaded here (its plugin or class is elsewhere) is not drift: a warning says
+    what to load (exit 0, or 2 when that variant was named). When the layout
     is unchanged, reruns the family's behaviour probe (name-derived weights, a fixed input) and
     compares the outputs with the recorded digest. Meant for CI.
 
@@ -191,19 +193,26 @@ def check_command(ctx: click.Context, variants: tuple[str, ...], no_behaviour: b
       registry check ctvit/baseline --json
       registry check --no-behaviour
     """
-    from registry.drift import behaviour_notes, check_all
+    from registry.drift import FAMILY_NOT_LOADED, behaviour_notes, check_all
 
     with open_registry_from(ctx, readonly=True) as reg:
         reports = check_all(reg, list(variants) or None, behaviour=not no_behaviour)
-    drifted = [r for r in reports if r.status != "ok"]
+    # A variant whose family is not loaded here (another project's model) is not drift: a warning.
+    not_loaded = [r for r in reports if r.status == FAMILY_NOT_LOADED]
+    drifted = [r for r in reports if r.status not in ("ok", FAMILY_NOT_LOADED)]
     if as_json:
-        emit_json({"ok": not drifted, "variants": [r.to_json() for r in reports]})
+        emit_json({"ok": not drifted, "variants": [r.to_json() for r in reports],
+                   "not_loaded": [r.variant for r in not_loaded]})
     else:
+        for report in not_loaded:
+            click.echo(f"warning: {report.lines()[0]}", err=True)
         for report in drifted:
             for line in report.lines():
                 click.echo(line)
         for note in behaviour_notes(reports):
             click.echo(f"note: {note}")
-        click.echo(f"{len(reports) - len(drifted)} of {len(reports)} variants unchanged"
-                   + (f", {len(drifted)} drifted" if drifted else ""))
-    ctx.exit(1 if drifted else 0)
+        click.echo(f"{len(reports) - len(drifted) - len(not_loaded)} of {len(reports)} variants unchanged"
+                   + (f", {len(drifted)} drifted" if drifted else "")
+                   + (f", {len(not_loaded)} not checked (family not loaded)" if not_loaded else ""))
+    # Exit 2 when a variant named on the command line could not be checked.
+    ctx.exit(1 if drifted else 2 if variants and not_loaded else 0)

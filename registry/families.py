@@ -126,10 +126,25 @@ class FamilySource:
         if not sep:
             return None
         target, _, config_class = module.partition(" config_class=")
-        kind = where.split(" ", 1)[0]
-        kind = {"entry": "entry-point", "pyproject.toml": "pyproject"}.get(kind, kind)
+        words = where.split(" ")
+        kind = {"entry": "entry-point", "pyproject.toml": "pyproject"}.get(words[0], words[0])
+        if kind == "entry-point" and len(words) == 4:
+            return cls(kind, target, distribution=words[2], version=words[3])
         return cls(kind, target, path=where.split(" ", 1)[1] if kind == "pyproject" else None,
                    config_class=config_class or None)
+
+    def load_hint(self) -> str:
+        """What loads the family again, for a `check` run where it is not loaded."""
+        module = self.module
+        if self.kind == "class":
+            return (f"its class {module} cannot be imported here: run in the project that holds it "
+                    f"(or put its folder on PYTHONPATH)")
+        if self.kind == "pyproject":
+            return (f"it comes from plugin {module} of {self.path}: run in that project, or load it with "
+                    f"--plugin {module} (or REGISTRY_PLUGINS={module})")
+        if self.kind == "entry-point":
+            return f"it comes from the entry point {module} of {self.distribution} {self.version}: install {self.distribution}"
+        return f"load its plugin with --plugin {module} (or REGISTRY_PLUGINS={module})"
 
 
 def _source_for(module: str) -> FamilySource:

@@ -69,7 +69,7 @@ def _env_plugins() -> list[str]:
 
 
 def _load_entry_points() -> None:
-    points = sorted(metadata.entry_points(group=GROUP), key=lambda ep: (ep.dist.name if ep.dist else "", ep.name))
+    points = sorted(metadata.entry_points(group=GROUP), key=lambda ep: (_normalized(ep.dist and ep.dist.name), ep.name))
     if not any(ep.dist is not None and _normalized(ep.dist.name) == OWN_DISTRIBUTION for ep in points):
         raise PluginError(f"the built-in families are not declared: {OWN_DISTRIBUTION}'s metadata has no "
                           f"{GROUP!r} entry point", hint="reinstall it (make install, or pip install -e .)")
@@ -79,8 +79,8 @@ def _load_entry_points() -> None:
         if dist is not None and _normalized(dist.name) == OWN_DISTRIBUTION:
             source = FamilySource("built-in", module, distribution=dist.name, version=dist.version)
         else:
-            source = FamilySource("entry-point", module, distribution=dist.name if dist else "?",
-                                  version=dist.version if dist else "?")
+            source = FamilySource("entry-point", module, distribution=(dist and dist.name) or "?",
+                                  version=(dist and dist.version) or "?")
         _import_plugin(module, source)
 
 
@@ -97,10 +97,12 @@ def _load_project() -> None:
     for module in project.plugins:
         _import_plugin(module, FamilySource("pyproject", module, path=str(project.path)))
     from .class_family import class_family
+    from .declared import attach_declared_probes
 
     for declared in project.variants.values():
         if declared.class_target and declared.config_class:
             class_family(declared.class_target, config_class=declared.config_class)
+    attach_declared_probes(project)
 
 
 def _import_plugin(module: str, source: FamilySource, cwd_importable: bool = False) -> None:
@@ -135,8 +137,8 @@ def _where(source: FamilySource) -> str:
     return source.label.rpartition(": ")[0] or source.kind
 
 
-def _normalized(name: str) -> str:
-    return name.lower().replace("_", "-").replace(".", "-")
+def _normalized(name: str | None) -> str:
+    return (name or "").lower().replace("_", "-").replace(".", "-")
 
 
 def reset_for_tests() -> None:

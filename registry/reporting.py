@@ -15,17 +15,26 @@ def _type_name(annotation: Any) -> str:
 
 
 def family_rows() -> list[dict[str, Any]]:
-    """Each family with its config fields, types and defaults (JSON-ready)."""
+    """Each family with its config fields, types and defaults, and where it comes from (JSON-ready).
+
+    `source` is one line (`built-in`, `entry point DIST VERSION: MODULE`, `pyproject.toml PATH:
+    MODULE`, `--plugin: MODULE`, `REGISTRY_PLUGINS: MODULE`, `class: pkg.module:Class`); `origin`
+    is the same as fields. A required field (a class family's argument without a default) has
+    `"required": true` and no default.
+    """
     rows = []
     for family in families():
         hints = typing.get_type_hints(family.config_class)
-        defaults = config_dict(family.default_config())
+        defaults = family.defaults()
         rows.append(
             {
                 "name": family.name,
                 "description": family.description,
+                "source": family.source,
+                "origin": family.origin.as_dict() if family.origin else None,
                 "fields": [
-                    {"name": f.name, "type": _type_name(hints[f.name]), "default": defaults[f.name]}
+                    {"name": f.name, "type": _type_name(hints[f.name]), "default": defaults.get(f.name),
+                     **({"required": True} if f.name not in defaults else {})}
                     for f in dataclasses.fields(family.config_class)
                 ],
             }

@@ -1,7 +1,9 @@
 """Which database, and an Engine configured for it.
 
-URL resolution (DESIGN §6): the `--db` value, else `REGISTRY_DB`, else an SQLite file in the
-user's data directory. A value without `://` is taken as an SQLite file path.
+URL resolution (DESIGN §6): the `--db` value, else `REGISTRY_DB`, else the `db` key of the
+`[tool.registry]` table in the nearest pyproject.toml (a relative SQLite path is relative to that
+file), else an SQLite file in the user's data directory. A value without `://` is taken as an
+SQLite file path.
 
 SQLite connections get WAL, a busy timeout and foreign keys; pysqlite's own transaction handling
 is switched off (`isolation_level = None`) and SQLAlchemy's `begin` event emits the BEGIN itself,
@@ -87,12 +89,25 @@ def default_db_path() -> Path:
 
 
 def db_url_source(url: str | None = None) -> str:
-    """Where the URL comes from: `--db`, `REGISTRY_DB` or `default`."""
+    """Where the URL comes from: `--db`, `REGISTRY_DB`, `pyproject.toml PATH` or `default`."""
     if url:
         return "--db"
     if os.environ.get(ENV_VAR):
         return ENV_VAR
+    project = _project_db()
+    if project is not None:
+        return f"pyproject.toml {project[1]}"
     return "default"
+
+
+def _project_db() -> tuple[str, str] | None:
+    """`(url, pyproject path)` of the nearest `[tool.registry]` table's `db`, or None."""
+    from registry.project import load_project
+
+    project = load_project()
+    if project is None or not project.db:
+        return None
+    return project.db, str(project.path)
 
 
 def resolve_db_url(url: str | None = None) -> str:
@@ -101,6 +116,9 @@ def resolve_db_url(url: str | None = None) -> str:
     Raises `UsageError` (exit 2) for a value that is not a URL SQLAlchemy understands.
     """
     raw = url or os.environ.get(ENV_VAR) or ""
+    if not raw:
+        project = _project_db()
+        raw = project[0] if project is not None else ""
     if not raw:
         return f"sqlite:///{default_db_path()}"
     if "://" not in raw:

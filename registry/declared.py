@@ -1,0 +1,127 @@
+"""Variants declared in the user's pyproject.toml (`[tool.registry.variants."NAME"]`).
+
+`registry init` registers them (idempotent); `example_inputs`/`probe_config` become the family's
+behaviour probe (`Family.probe`, `Family.probe_config`) when the project is loaded, so `init`,
+`check` and `variants bump` all probe the model the same way.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .errors import UsageError
+from .families import Family, config_dict, extend_family, get_family, make_config
+from .project import InputSpec, ProjectSettings, VariantDeclaration
+
+_TORCH_DTYPES = {"float32": "float32", "float16": "float16", "bfloat16": "bfloat16", "float64": "float64",
+                 "int64": "int64", "long": "int64", "int": "int64", "int32": "int32", "bool": "bool"}
+
+
+def declared_family_and_config(declaration: VariantDeclaration) -> tuple[Family, Any]:
+    """The family and full config a declaration names. Raises `UsageError` (exit 2) naming the
+    variant for a missing file or key and for unknown, missing or ill-typed config keys."""
+    from .configs import config_from_options
+
+    try:
+        return config_from_options(declaration.family, config_file=declaration.config_file,
+                                   class_target=declaration.class_target, config_key=declaration.config_key,
+                                   config_class=declaration.config_class, inline=declaration.config)
+    except UsageError as exc:
+        raise UsageError(f"variant {declaration.name} in pyproject.toml: {exc.message}", hint=exc.hint) from None
+
+
+def declared_family(declaration: VariantDeclaration) -> Family:
+    """The family of a declaration, without reading its config file (unless it names the class)."""
+    from .class_family import class_family
+
+    if declaration.class_target:
+        return class_family(declaration.class_target, config_class=declaration.config_class)
+    if declaration.family:
+        return get_family(declaration.family)
+    return declared_family_and_config(declaration)[0]
+
+
+def attach_declared_probes(project: ProjectSettings) -> None:
+    """Give each declared variant's family the probe its `example_inputs` describe (and the
+    `probe_config` overrides). Raises `UsageError` when two declarations of one family disagree,
+    or the family already has a probe of its own."""
+    chosen: dict[str, VariantDeclaration] = {}
+    for declaration in sorted(project.variants.values(), key=lambda d: d.name):
+        if declaration.example_inputs is None and declaration.probe_config is None:
+            continue
+        family = declared_family(declaration)
+        first = chosen.setdefault(family.name, declaration)
+        if first is not declaration:
+            if (first.example_inputs, first.probe_config) != (declaration.example_inputs, declaration.probe_config):
+                raise UsageError(f"pyproject.toml: variants {first.name} and {declaration.name} of family "
+                                 f"{family.name} declare different example_inputs/probe_config",
+                                 hint="the probe belongs to the family: declare it once, or the same in both")
+            continue
+        hooks: dict[str, Any] = {}
+        if declaration.example_inputs is not None:
+            if family.probe is not None and not getattr(family.probe, "declared", False):
+                raise UsageError(f"pyproject.toml: family {family.name} has its own probe; remove example_inputs "
+                                 f"from variant {declaration.name}")
+            hooks["probe"] = inputs_probe(declaration.example_inputs)
+        if declaration.probe_config is not None:
+            hooks["probe_config"] = overrides_probe_config(family.name, declaration.probe_config)
+        extend_family(family.name, **hooks)
+
+
+def inputs_probe(specs: tuple[InputSpec, ...]):
+    """A `probe(model, config, generator)` hook: `model(*inputs)` on inputs drawn from `generator`."""
+
+    def probe(model: Any, config: Any, generator: Any) -> Any:
+        return model(*[make_input(spec, generator) for spec in specs])
+
+    probe.declared = True  # type: ignore[attr-defined]
+    return probe
+
+
+def make_input(spec: InputSpec, generator: Any) -> Any:
+    """One deterministic input tensor: normal floats, or integers in [low, high) (token ids)."""
+    import torch
+
+    dtype = getattr(torch, _TORCH_DTYPES[spec.dtype])
+    if spec.dtype == "bool":
+        return torch.randint(0, 2, spec.shape, generator=generator).bool()
+    if dtype.is_floating_point:
+        return torch.randn(spec.shape, generator=generator).to(dtype)
+    return torch.randint(spec.low, spec.high, spec.shape, generator=generator, dtype=dtype)
+
+
+def overrides_probe_config(family_name: str, overrides: dict[str, Any]):
+    """A `probe_config(config)` hook: the config with `overrides` applied (checked like any config)."""
+
+    def probe_config(config: Any) -> Any:
+        family = get_family(family_name)
+        return make_config(family, {**config_dict(config), **overrides})
+
+    return probe_config
+
+
+def register_declared_variants(reg: Any, project: ProjectSettings) -> list[Any]:
+    """Register every variant the project declares, with its first schema version; idempotent.
+
+    Returns one `VariantOutcome` per variant, sorted by name (`registered`, `unchanged`, or
+    `differs` when the code no longer builds the registered schema: `registry check`, then
+    `registry variants bump`). Raises `UsageError` (exit 2) when a declaration's config differs
+    from the registered variant's: a registered variant keeps its config.
+    """
+    from .store.variants import add_variant
+
+    outcomes = []
+    for declaration in sorted(project.variants.values(), key=lambda d: d.name):
+        family, config = declared_family_and_config(declaration)
+        try:
+            outcomes.append(add_variant(reg, declaration.name, family.name, config, declaration.description))
+        except UsageError as exc:
+            if "already registered with a different config" not in exc.message:
+                raise
+            raise UsageError(
+                f"pyproject.toml declares {declaration.name} with another config than the registered one: "
+                f"{exc.message.partition('with a different config (')[2].removesuffix(')')}",
+                hint=f"a registered variant keeps its config: declare the new config under a new name; "
+                     f"to record a code change of the same config: registry variants bump {declaration.name}",
+            ) from None
+    return outcomes
