@@ -19,7 +19,7 @@ from typing import Any
 import click
 
 # Absolute imports: `python cli.py` (the benchmarks' fallback) runs this file as a script.
-from registry.command.commands import audit, database, matching, schemas, training, variants, web
+from registry.command.commands import audit, database, inference, matching, schemas, training, variants, web
 from registry.command.commands._output import debug_enabled
 from registry.errors import RegistryError
 
@@ -83,6 +83,9 @@ main.add_command(variants.check_command)
 main.add_command(matching.match_command)
 main.add_command(matching.resolve_command)
 main.add_command(matching.convert_command)
+
+# infer: the config that rebuilds a checkpoint (commands/inference.py)
+main.add_command(inference.infer_command)
 
 # runs list|show, checkpoints list, audit, scan (commands/audit.py)
 main.add_command(audit.runs_group)
