@@ -52,6 +52,6 @@ def rename_tensors(tensors: Mapping[str, LazyTensor], rename: Callable[[str], st
         if new is None:
             continue
         if new in out:
-            raise ValueError(f"two entries map onto {new!r}")
+            raise ValueError(f"maps two entries onto {new!r}")
         out[new] = tensor.renamed(new)
     return list(out.values())
