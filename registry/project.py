@@ -37,6 +37,7 @@ _INPUT_KEYS = {"shape", "dtype", "low", "high"}
 _DTYPES = {"float32", "float16", "bfloat16", "float64", "int64", "int32", "long", "int", "bool"}
 
 _cache: dict[tuple[str, int], "ProjectSettings"] = {}
+_tables: dict[tuple[tuple[str, int], ...], dict[str, Any] | None] = {}
 
 
 @dataclass(frozen=True)
@@ -79,12 +80,18 @@ def find_pyproject(start: str | Path | None = None) -> tuple[Path, dict[str, Any
     `[tool.registry]` table, with that table; None if there is none. Raises `UsageError` for a
     pyproject.toml that is not valid TOML."""
     here = Path(start or os.getcwd()).absolute()
+    stamps = []
     for folder in [here, *here.parents]:
         candidate = folder / "pyproject.toml"
-        if candidate.is_file():
-            table = _read_table(candidate)
-            if table is not None:
-                return candidate, table
+        try:
+            stamps.append((str(candidate), candidate.stat().st_mtime_ns))
+        except OSError:
+            continue
+        key = tuple(stamps)
+        if key not in _tables:  # parsed once per file version: families are looked up often
+            _tables[key] = _read_table(candidate)
+        if _tables[key] is not None:
+            return candidate, _tables[key]
     return None
 
 

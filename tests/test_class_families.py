@@ -232,3 +232,17 @@ def test_builtin_canonical_configs_are_unchanged():
         config = make_config(family, variant.config)
         assert canonical_config_json(config) == json.dumps(dataclasses.asdict(config), sort_keys=True,
                                                            separators=(",", ":")), variant.name
+
+
+def test_families_lists_a_class_family_with_its_required_fields(user_module):
+    from registry.families import get_family
+    from registry.reporting import family_rows
+
+    get_family(f"{user_module}:CNN")
+    row = {r["name"]: r for r in family_rows()}[f"{user_module}:CNN"]
+    assert row["source"] == f"class: {user_module}:CNN"
+    assert row["origin"]["kind"] == "class" and row["origin"]["path"].endswith("h1_user_models.py")
+    fields = {f["name"]: f for f in row["fields"]}
+    assert fields["channels"] == {"name": "channels", "type": "list[int]", "default": None, "required": True}
+    assert fields["norm"]["default"] == {"kind": "layer", "eps": 1e-05}
+    assert fields["act"]["default"] == "gelu"

@@ -221,3 +221,46 @@ def test_a_bad_pyproject_table_is_a_usage_error(tmp_path, table, message):
         load_project(tmp_path / "deeper")
     assert error.value.message == message.format(p=tmp_path / "pyproject.toml")
     assert error.value.exit_code == 2
+
+
+def test_a_pyproject_table_is_parsed_with_paths_relative_to_it(tmp_path):
+    from registry.project import InputSpec, load_project
+
+    write(tmp_path, {"pyproject.toml": '''
+        [tool.registry]
+        plugins = ["src.models.families"]
+        db = "sqlite:///registry.db"
+        [tool.registry.variants."myvit/baseline"]
+        family = "myvit"
+        config = "configs/base.yaml"
+        config_key = "model.image_encoder"
+        [tool.registry.variants."gpt/small"]
+        class = "src.models.gpt:GPT"
+        config_class = "src.models.gpt:GPTConfig"
+        config = { n_layer = 6, n_head = 6, n_embd = 384 }
+        example_inputs = [{ shape = [1, 8], dtype = "int64", high = 100 }]
+        probe_config = { n_layer = 1 }
+        ''', "a/b/c": ""})
+    project = load_project(tmp_path / "a" / "b")
+    assert (project.path, project.root, project.plugins) == (tmp_path / "pyproject.toml", tmp_path,
+                                                              ("src.models.families",))
+    assert project.db == f"sqlite:///{tmp_path}/registry.db"
+    baseline, gpt = project.variants["myvit/baseline"], project.variants["gpt/small"]
+    assert (baseline.family, baseline.config_file, baseline.config_key) == (
+        "myvit", tmp_path / "configs" / "base.yaml", "model.image_encoder")
+    assert (gpt.class_target, gpt.config_class, gpt.config) == (
+        "src.models.gpt:GPT", "src.models.gpt:GPTConfig", {"n_layer": 6, "n_head": 6, "n_embd": 384})
+    assert (gpt.example_inputs, gpt.probe_config) == ((InputSpec((1, 8), "int64", 0, 100),), {"n_layer": 1})
+
+
+def test_example_inputs_give_a_deterministic_probe():
+    import torch
+
+    from registry.declared import inputs_probe
+    from registry.project import InputSpec
+
+    probe = inputs_probe((InputSpec((2, 5), "int64", 0, 7), InputSpec((2, 3), "float32")))
+    seen = probe(lambda ids, x: (ids, x), None, torch.Generator().manual_seed(0))
+    again = probe(lambda ids, x: (ids, x), None, torch.Generator().manual_seed(0))
+    assert seen[0].dtype == torch.int64 and 0 <= int(seen[0].min()) and int(seen[0].max()) < 7
+    assert torch.equal(seen[0], again[0]) and torch.equal(seen[1], again[1])
