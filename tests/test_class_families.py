@@ -246,3 +246,17 @@ def test_families_lists_a_class_family_with_its_required_fields(user_module):
     assert fields["channels"] == {"name": "channels", "type": "list[int]", "default": None, "required": True}
     assert fields["norm"]["default"] == {"kind": "layer", "eps": 1e-05}
     assert fields["act"]["default"] == "gelu"
+
+
+def test_provenance_of_a_class_from_an_installed_distribution():
+    """An installed package's class: its distribution's version, not the git repository around the venv."""
+    from importlib import metadata
+
+    from registry.class_family import class_family
+    from registry.families import get_family
+    from registry.store.provenance import code_revision, package_versions
+
+    family = class_family("diffusers:UNet2DConditionModel")
+    assert code_revision(family) == f"diffusers=={metadata.version('diffusers')}"
+    assert package_versions(family)["diffusers"] == metadata.version("diffusers")
+    assert code_revision(get_family("ctvit")) == code_revision()  # built-ins: the registry's own revision

@@ -79,8 +79,11 @@ def _family_distribution(family: Any) -> tuple[str, str] | None:
         return None
     if origin.distribution and origin.version:
         return origin.distribution, origin.version
-    top = origin.module.partition(":")[0].split(".")[0]
-    for name in metadata.packages_distributions().get(top, []):
+    module_name = origin.module.partition(":")[0]
+    file = getattr(sys.modules.get(module_name), "__file__", None) or ""
+    if not {"site-packages", "dist-packages"} & set(Path(file).parts):
+        return None  # the user's own tree (git says its revision), not an installed package
+    for name in metadata.packages_distributions().get(module_name.split(".")[0], []):
         version = _version(name)
         if version is not None:
             return name, version
