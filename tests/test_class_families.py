@@ -260,3 +260,30 @@ def test_provenance_of_a_class_from_an_installed_distribution():
     assert code_revision(family) == f"diffusers=={metadata.version('diffusers')}"
     assert package_versions(family)["diffusers"] == metadata.version("diffusers")
     assert code_revision(get_family("ctvit")) == code_revision()  # built-ins: the registry's own revision
+
+
+def test_check_of_a_class_variant_whose_module_is_gone_says_what_to_load(sqlite_url, tmp_path, monkeypatch):
+    from registry.drift import FAMILY_NOT_LOADED, check_all
+    from registry.families import _FAMILIES, get_family, make_config
+    from registry.store import open_registry
+    from registry.store.variants import add_variant
+
+    (tmp_path / "h1_team_b.py").write_text("from torch import nn\n\n\nclass Net(nn.Linear):\n"
+                                           "    def __init__(self, width: int = 4):\n        super().__init__(width, width)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    family = get_family("h1_team_b:Net")
+    with open_registry(sqlite_url) as reg:
+        add_variant(reg, "team-b/net", family.name, make_config(family, {"width": 3}))
+        assert [r.status for r in check_all(reg, behaviour=False)] == ["ok"]
+    # Another team's checkout: the module is not importable there.
+    monkeypatch.syspath_prepend(str(tmp_path / "elsewhere"))
+    sys.path.remove(str(tmp_path))
+    sys.modules.pop("h1_team_b")
+    del _FAMILIES["h1_team_b:Net"]
+    with open_registry(sqlite_url, readonly=True) as reg:
+        (report,) = check_all(reg, behaviour=False)
+    assert (report.status, report.status == FAMILY_NOT_LOADED) == ("family-not-loaded", True)
+    assert report.lines() == ["not checked: team-b/net: family 'h1_team_b:Net' is not loaded: its class h1_team_b:Net "
+                              "cannot be imported here: run in the project that holds it (or put its folder on "
+                              "PYTHONPATH)"]
+    assert report.to_json()["bump"] is None
