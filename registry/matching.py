@@ -27,6 +27,10 @@ if TYPE_CHECKING:  # the diff module loads only when a match falls through to ne
 EXACT, AMBIGUOUS, CONVERTIBLE, INFERRED, NONE = "exact", "ambiguous", "convertible", "inferred", "none"
 # Inference and converters look below the top level only this deep (`model.diffusion_model.` is 2).
 INFERENCE_PREFIX_DEPTH = 2
+# The generic solver runs in `match` only where a family's top-level names fit the checkpoint's this
+# well (Jaccard), and with this many builds at most (`registry infer` allows more).
+MATCH_INFERENCE_MIN_OVERLAP = 0.5
+MATCH_INFERENCE_BUDGET = 80
 
 
 @dataclass
@@ -263,25 +267,57 @@ def _from_converters(reg: Any, info: CheckpointInfo, result: MatchResult, scope:
 
 
 def _from_inference(info: CheckpointInfo, result: MatchResult, scope: Scope) -> bool:
-    from .families import config_dict, families
+    """A family's hand-written hook first (fast), then the generic solver for families without one."""
+    from .families import families
 
-    for family in families():
-        if scope.family not in (None, family.name) or scope.variant is not None:
-            continue
+    candidates = [f for f in families() if scope.family in (None, f.name) and scope.variant is None]
+    for family in candidates:
         for prefix, schema in _prefixes(info, INFERENCE_PREFIX_DEPTH):
             configs = _inferred_configs(family, schema)
             if configs:
-                config = config_dict(configs[0])
-                result.status, result.evidence = INFERRED, "inference"
-                result.family, result.config, result.prefix = family.name, config, prefix
-                defaults = config_dict(family.default_config())
-                sets = " ".join(f"--set {k}={_cli_value(v)}" for k, v in config.items() if defaults.get(k) != v)
-                result.suggestions.append(
-                    f"registry variants add {family.name}/NAME --family {family.name} {sets}".rstrip()
-                    + "   # register it, then match again"
-                )
+                _report_inferred(result, family, configs[0], prefix)
                 return True
+    return _from_generic_inference(info, result, [f for f in candidates if f.infer_configs is None])
+
+
+def _from_generic_inference(info: CheckpointInfo, result: MatchResult, candidates: list[Any]) -> bool:
+    """The generic solver (`registry.inference`), bounded: only on the part of the checkpoint whose
+    top-level names best fit a family's default build, when they fit well, with a small budget."""
+    from .inference import infer_config, top_level_overlap
+
+    prefixes = list(_prefixes(info, INFERENCE_PREFIX_DEPTH))
+    for family in candidates:
+        fit, prefix, schema = max(((top_level_overlap(family, s), p, s) for p, s in prefixes),
+                                  key=lambda c: (c[0], -len(c[1])))
+        if fit < MATCH_INFERENCE_MIN_OVERLAP:
+            continue
+        found = infer_config(family, schema, budget=MATCH_INFERENCE_BUDGET)
+        if found.exact:
+            _report_inferred(result, family, found.config, prefix)
+            for item in found.undetermined:
+                value, others = item.to_json()["value"], ", ".join(_cli_value(v) for v in item.to_json()["admissible"])
+                result.warnings.append(f"{item.field} is not decided by the checkpoint: {_cli_value(value)} is kept "
+                                       f"({item.source}); these build it too: {others}")
+            return True
     return False
+
+
+def _report_inferred(result: MatchResult, family: Any, config: Any, prefix: str) -> None:
+    from .families import config_dict
+
+    values = config_dict(config)
+    result.status, result.evidence = INFERRED, "inference"
+    result.family, result.config, result.prefix = family.name, values, prefix
+    try:
+        defaults = config_dict(family.default_config())
+    except Exception:  # required fields: every value is set explicitly
+        defaults = {}
+    sets = " ".join(f"--set {k}={_cli_value(v)}" for k, v in values.items() if defaults.get(k) != v)
+    source = f"--class {family.name}" if ":" in family.name else f"--family {family.name}"
+    short = family.name.rsplit(":", 1)[-1].lower() if ":" in family.name else family.name
+    result.suggestions.append(
+        f"registry variants add {short}/NAME {source} {sets}".rstrip() + "   # register it, then match again"
+    )
 
 
 def _cli_value(value: Any) -> str:

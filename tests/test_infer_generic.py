@@ -376,3 +376,18 @@ def test_cli_infer_bad_inputs(user_project, saved_gpt):
 
     done = _run(["infer", "ckpt.pt", "--class", "mymodels.nets:GPT", "--fix", "n_heads=8"], user_project)
     assert done.returncode == 2 and "n_heads" in done.stderr.splitlines()[0]
+
+
+def test_match_reports_inferred_for_a_loaded_class_family(user_project, saved_gpt, tmp_path):
+    from registry.matching import match_checkpoint
+    from registry.readers import read_checkpoint
+    from registry.store import open_registry
+
+    class_family("mymodels.nets:GPT")  # loaded, no hook, nothing registered
+    with open_registry(f"sqlite:///{tmp_path / 'registry.db'}", upgrade=True) as reg:
+        result = match_checkpoint(reg, read_checkpoint(saved_gpt))
+    assert result.status == "inferred" and result.family == "mymodels.nets:GPT" and result.prefix == ""
+    assert {k: result.config[k] for k in ("n_layer", "n_embd", "vocab_size", "block_size")} == dict(
+        n_layer=2, n_embd=48, vocab_size=40, block_size=8)
+    assert any(w.startswith("n_head is not decided by the checkpoint: 12 is kept (default)") for w in result.warnings)
+    assert result.suggestions[0].startswith("registry variants add gpt/NAME --class mymodels.nets:GPT --set ")
