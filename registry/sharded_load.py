@@ -202,7 +202,7 @@ def _torch_load(path: str) -> Any:
                  if name.startswith("deepspeed.")]
         with torch.serialization.safe_globals([(_DeepSpeedObject, name) for name in names]):
             return torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, pickle.UnpicklingError, OSError, EOFError) as exc:
+    except (RuntimeError, ValueError, pickle.UnpicklingError, OSError, EOFError) as exc:
         first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"{path}: cannot load it with torch.load(weights_only=True) ({first})") from None
 
