@@ -5,7 +5,9 @@ never touches your own registry. Every step is a real `registry` command, printe
 
 1. a tiny baseline CTViT trains; the code's default moves to the optimized CTViT; the requeued
    job resumes and the registry picks the baseline build the checkpoint needs (incident 1's
-   job would have failed, or worse); `registry check` catches the planted RMSNorm bug;
+   job would have failed, or worse); `registry check` catches the planted RMSNorm bug, and a
+   forward-only regression (GEGLU's gates swapped: every name, shape and class unchanged) through
+   the behaviour digest recorded with each schema version;
 2. a tiny LDM UNet trains; the new diffusers UNet refuses its checkpoint (the diff says why);
    `registry convert` turns it into the diffusers layout, and training of the diffusers UNet
    resumes at the LDM run's step, not at step 0 (incident 2's trainer started over);
@@ -69,6 +71,18 @@ def naive_load(ldm_checkpoint: Path) -> None:
 OWN_MODEL = Path(__file__).with_name("own-model")
 
 
+def forward_only_regression(env: dict[str, str]) -> None:
+    """A change to a forward alone: the layout check passes it, the behaviour probe does not."""
+    planted = {**env, "PLANTED_CHANGE": "geglu-gates"}
+    command = [sys.executable, PLANTED]
+    step("A tidy-up swaps GEGLU's halves (`x, gate = x.chunk(2)` → `gate, x = ...`): names, shapes and "
+         "module classes are unchanged, so checkpoints load and the layout check passes")
+    run("check", "ctvit/tiny", "--no-behaviour", env=planted, command=command)
+    step("The behaviour digest recorded at `registry init` (name-derived weights, a fixed probe input) "
+         "catches it: CI's `registry check` fails")
+    run("check", "ctvit/tiny", expect=1, env=planted, command=command)
+
+
 def own_model_chapter(work: Path, env: dict[str, str]) -> None:
     """The first incident where it happened: in the user's own code, not in a built-in family."""
     project = work / "own-model"
@@ -121,6 +135,7 @@ def main() -> None:
 
         step("A commit hard-codes RMSNorm in Attention (the incident's bug): CI's `registry check` fails on it")
         run("check", "ctvit/tiny", "ctvit/tiny-optimized", expect=1, env=env, command=[sys.executable, PLANTED])
+        forward_only_regression(env)
 
         print("\n##### Incident 2: LDM checkpoints and the move to diffusers' UNet")
         step("Train a tiny LDM-layout UNet for 4 steps")

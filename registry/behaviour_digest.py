@@ -157,15 +157,15 @@ class BehaviourComparison:
         return [d for d in self.differences if d.difference is None or d.difference > self.tolerance]
 
 
-def _float_difference(before: dict[str, Any], now: dict[str, Any]) -> tuple[float, str]:
+def _float_difference(before: dict[str, Any], now: dict[str, Any]) -> tuple[float | None, str]:
+    if before.get("finite", True) != now.get("finite", True):
+        return None, "non-finite values appeared" if before.get("finite", True) else "non-finite values are gone"
     scale = max(before.get("rms", 0.0), now.get("rms", 0.0))
     pairs = [(before[key], now[key]) for key in ("mean", "rms", "max_abs")]
     pairs += list(zip(before["projections"], now["projections"]))
     pairs += list(zip(before["sample"], now["sample"]))
     worst = max(abs(a - b) for a, b in pairs)
     relative = worst / scale if scale > 0 else worst
-    if before.get("finite", True) != now.get("finite", True):
-        return math.inf, "non-finite values appeared" if before.get("finite", True) else "non-finite values are gone"
     return relative, f"differs by {relative:.1e} of its scale (rms {scale:.3g})"
 
 
@@ -198,8 +198,8 @@ def _output_difference(name: str, before: dict[str, Any] | None, now: dict[str, 
 
 
 def compare_digests(recorded: dict[str, Any], now: dict[str, Any], tolerance: float = TOLERANCE) -> BehaviourComparison:
-    """Compare two digests' outputs. `max_difference` is None when an output appeared, vanished or
-    changed shape/dtype (that is drift whatever the tolerance)."""
+    """Compare two digests' outputs. `max_difference` is None when an output appeared, vanished,
+    changed shape/dtype or gained/lost non-finite values (drift whatever the tolerance)."""
     before_outputs, now_outputs = recorded.get("outputs", {}), now.get("outputs", {})
     differences = [
         _output_difference(name, before_outputs.get(name), now_outputs.get(name))

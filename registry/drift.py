@@ -82,7 +82,8 @@ class DriftReport:
         if check.error is not None:
             out = [f"behaviour drift: {self.variant}: the probe no longer runs: {check.error} {unchanged}"]
         elif check.max_difference is None:
-            out = [f"behaviour drift: {self.variant} outputs changed shape or type on the probe {unchanged}"]
+            what = "; ".join(f"{d.name}: {d.detail}" for d in check.comparison.changed if d.difference is None)
+            out = [f"behaviour drift: {self.variant} outputs changed on the probe ({what}) {unchanged}"]
         else:
             out = [f"behaviour drift: {self.variant} outputs differ by {check.max_difference:.1e} on the probe "
                    f"{unchanged}"]
