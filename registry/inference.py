@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 from .errors import UsageError
 from .inference_search import Evaluator, OutOfBudget, Search, alternatives
-from .inference_space import CHOICE, INT, INT_SEQ, Space, dimension_pool, flatten, search_space
+from .inference_space import INT, INT_SEQ, Space, dimension_pool, flatten, search_space
 from .schema import Schema
 
 if TYPE_CHECKING:

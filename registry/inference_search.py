@@ -1,8 +1,8 @@
 """The search behind config inference: build, compare with the checkpoint, move one field at a time.
 
-Each step builds a config on the meta device and measures its distance to the checkpoint's schema:
-entries missing + entries unexpected + entries with another shape (then, to break ties, how far
-the shapes are off). Zero is the checkpoint's exact fingerprint.
+Each step builds a config on the meta device and measures its distance to the checkpoint's schema
+(`inference_signals.schema_distance`: the top-level structure, then the entries that differ).
+Zero differing entries is the checkpoint's exact fingerprint.
 
 What a field does is learned by building and diffing. An integer field is built once more with a
 perturbed value (twice, or plus one): every dimension that moved gives a linear (or power) law, and
@@ -10,7 +10,8 @@ solving it for the checkpoint's dimension proposes a value; names that appeared 
 (numbered layers) give a count law the same way. A sequence field has a length (proposed from
 numbered-layer counts) and one such integer per index. Booleans and choices are tried. The best
 proposal of each field is kept when it brings the distance down (coordinate descent); when no
-single field helps, pairs of near misses are tried, then the checkpoint's own dimensions.
+single field helps, pairs of near misses are tried, then a look ahead from the closest near misses
+(a product such as heads x head width), then the checkpoint's own dimensions.
 
 A proposal the config class or the model rejects is repaired where that is generic: sequences that
 had the same length are resized with it, fields the error message names are shrunk, integers
@@ -26,10 +27,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Mapping
 
+from .inference_signals import (Shapes, containers, count_proposals, dimension_proposals, moved_names, perturbations,
+                                resized, schema_distance)
 from .inference_space import CHOICE, CHOICE_SEQ, INT, INT_SEQ, Knob, Space, assemble, dimension_pool, freeze, layer_counts, name_pattern
 from .schema import Schema
 
-Shapes = dict[str, tuple[int, ...]]
 FAILED = (math.inf, math.inf, math.inf, math.inf)
 MAX_PROPOSALS = 4
 MAX_REPAIRS = 8
@@ -63,57 +65,6 @@ class Outcome:
     def differing(self) -> int:
         """Entries missing, unexpected or reshaped."""
         return int(self.distance[1])
-
-
-def containers(shapes: Mapping[str, Any]) -> tuple[Counter, Counter]:
-    """How many numbered children each container has: top-level ones (`blocks`, `h`) and deeper ones
-    (`blocks.#.layers`), counted over every instance. Returns (top level, deeper) Counters."""
-    top: Counter = Counter()
-    deeper: Counter = Counter()
-    seen: set[str] = set()
-    for name in shapes:
-        parts = name.split(".")
-        numbered = 0
-        for index, part in enumerate(parts[:-1]):
-            if not part.isdigit():
-                continue
-            instance = ".".join(parts[: index + 1])
-            if instance not in seen:
-                seen.add(instance)
-                pattern = name_pattern(".".join(parts[:index]) + ".") if index else ""
-                (deeper if numbered else top)[pattern] += 1
-            numbered += 1
-    return top, deeper
-
-
-def _count_gap(mine: Counter, theirs: Counter) -> int:
-    return sum(abs(mine[key] - theirs[key]) for key in mine.keys() | theirs.keys())
-
-
-def schema_distance(shapes: Shapes, target: Shapes, target_containers: tuple[Counter, Counter]) -> tuple[float, ...]:
-    """How far a build is from the checkpoint, compared in this order:
-    1. numbered children of top-level containers (how many blocks): the top structure first, or a
-    model too small everywhere would look closer than the right structure with wrong widths;
-    2. entries missing + unexpected + reshaped (0: exact fingerprint); then, to break ties, 3. the
-    gap in numbered children of deeper containers (layers per block) and 4. how far the reshaped
-    entries' dimensions are off (log2)."""
-    missing = sum(1 for name in target if name not in shapes)
-    unexpected = 0
-    reshaped = 0
-    off = 0.0
-    for name, shape in shapes.items():
-        wanted = target.get(name)
-        if wanted is None:
-            unexpected += 1
-        elif wanted != shape:
-            reshaped += 1
-            if len(wanted) != len(shape):
-                off += 8.0
-            else:
-                off += sum(abs(math.log2(max(a, 1) / max(b, 1))) for a, b in zip(shape, wanted))
-    top, deeper = containers(shapes)
-    return (float(_count_gap(top, target_containers[0])), float(missing + unexpected + reshaped),
-            float(_count_gap(deeper, target_containers[1])), off)
 
 
 class Evaluator:
@@ -166,56 +117,6 @@ class Evaluator:
             self.build_seconds += time.perf_counter() - started
         shapes = {e.name: e.shape for e in schema}
         return Outcome(schema_distance(shapes, self.target_shapes, self.target_containers), shapes, schema)
-
-
-# --- proposals learned from one perturbation ---------------------------------------------------
-
-
-def _dimension_proposals(x: int, x2: int, base: Shapes, moved: Shapes, target: Shapes, votes: Counter) -> None:
-    """Solve dim = a*x + b (or dim = c*x**k) for every dimension that moved between x and x2."""
-    for name, before in base.items():
-        after, wanted = moved.get(name), target.get(name)
-        if after is None or wanted is None or not (len(before) == len(after) == len(wanted)):
-            continue
-        for b, p, t in zip(before, after, wanted):
-            if b == p or t == b:
-                continue
-            step, delta = p - b, x2 - x
-            if ((t - b) * delta) % step == 0:
-                votes[x + (t - b) * delta // step] += 1
-            elif b > 0 and p > 0 and x > 0 and x2 > 0 and x2 != x:
-                power = math.log(p / b) / math.log(x2 / x)
-                if power > 1.5 and abs(power - round(power)) < 1e-6:
-                    k = round(power)
-                    value = round(x * (t / b) ** (1 / k))
-                    if value > 0 and b * value**k == t * x**k:
-                        votes[value] += 1
-
-
-def _count_proposals(x: int, x2: int, base: Shapes, moved: Shapes, target_patterns: Counter, votes: Counter) -> None:
-    """Solve count = a*x + b for every numbered-name pattern whose count moved between x and x2."""
-    before = Counter(name_pattern(n) for n in base)
-    after = Counter(name_pattern(n) for n in moved)
-    for pattern in set(before) | set(after):
-        b, p, t = before[pattern], after[pattern], target_patterns[pattern]
-        if b == p or t == 0:
-            continue
-        step, delta = p - b, x2 - x
-        if ((t - b) * delta) % step == 0:
-            votes[x + (t - b) * delta // step] += 3
-
-
-def _moved_names(before: Shapes, after: Shapes) -> set[str]:
-    """Names present in one build only, or with another shape."""
-    return {n for n in before.keys() | after.keys() if before.get(n) != after.get(n)}
-
-
-def _perturbations(x: int) -> list[int]:
-    return [v for v in dict.fromkeys([2 * x, x + 1, x // 2, x - 1]) if v > 0 and v != x] if x > 0 else [1, 2]
-
-
-def _resized(value: tuple, length: int) -> tuple:
-    return tuple(value[:length]) + (value[-1],) * max(0, length - len(value)) if value else value
 
 
 # --- the solver --------------------------------------------------------------------------------
@@ -304,7 +205,7 @@ class Search:
         for move in moves:
             outcome, change = self._evaluate_repaired(move)
             if outcome.ok:
-                footprint |= _moved_names(self.outcome.shapes, outcome.shapes)
+                footprint |= moved_names(self.outcome.shapes, outcome.shapes)
             if outcome.ok and (best is None or outcome.distance < best[0].distance):
                 best = outcome, change
         if coordinate is not None:
@@ -348,7 +249,7 @@ class Search:
         if isinstance(old, tuple) and isinstance(value, tuple) and len(old) != len(value):
             for other_path, other in self.current.items():  # knobs or not: block type names too
                 if other_path != path and isinstance(other, tuple) and len(other) == len(old):
-                    coupled[other_path] = _resized(other, len(value))
+                    coupled[other_path] = resized(other, len(value))
             if coupled:
                 produced += 1
                 yield coupled
@@ -378,10 +279,10 @@ class Search:
             if moved.shapes == self.outcome.shapes:
                 return []
             self.sensitive.add(path)
-            self._moved[path] = _moved_names(self.outcome.shapes, moved.shapes)
+            self._moved[path] = moved_names(self.outcome.shapes, moved.shapes)
             votes: Counter = Counter()
-            _dimension_proposals(x, x2, self.outcome.shapes, moved.shapes, self.evaluate.target_shapes, votes)
-            _count_proposals(x, x2, self.outcome.shapes, moved.shapes, self.evaluate.target_patterns, votes)
+            dimension_proposals(x, x2, self.outcome.shapes, moved.shapes, self.evaluate.target_shapes, votes)
+            count_proposals(x, x2, self.outcome.shapes, moved.shapes, self.evaluate.target_patterns, votes)
             proposals = [v for v, _ in votes.most_common() if v > 0 and v != x]
             return [x2, *proposals[:MAX_PROPOSALS]] if x2 not in proposals else proposals[:MAX_PROPOSALS]
         return []
@@ -391,7 +292,7 @@ class Search:
         knob_optional = next(k.optional for k in self.space.knobs if k.path == path)
         if x is None:
             return [{path: v} for v in self.pool[:2]]
-        values = self._learn(path, x, _perturbations(x), lambda v: {path: v})
+        values = self._learn(path, x, perturbations(x), lambda v: {path: v})
         moves = [{path: v} for v in values]
         return moves + ([{path: None}] if knob_optional else [])
 
@@ -401,11 +302,11 @@ class Search:
             return []
         length = len(value)
         lengths = self._learn(knob.path, length, [length + 1, length - 1],
-                              lambda n: {knob.path: _resized(value, n)})
+                              lambda n: {knob.path: resized(value, n)})
         if knob.path in self.sensitive:
             common = [n for n, _ in layer_counts(self.evaluate.target).most_common(6) if 0 < n <= 2 * length + 4]
             lengths += [n for n in common if n not in lengths][:3]
-        return [{knob.path: _resized(value, n)} for n in lengths if n > 0 and n != length]
+        return [{knob.path: resized(value, n)} for n in lengths if n > 0 and n != length]
 
     def _drop_moves(self, knob: Knob) -> list[dict[str, Any]]:
         value = self.current.get(knob.path) or ()
@@ -426,7 +327,7 @@ class Search:
         item = value[index]
         if not isinstance(item, int) or isinstance(item, bool):
             return []
-        return [replace(v) for v in self._learn(knob.path, item, _perturbations(item), replace)]
+        return [replace(v) for v in self._learn(knob.path, item, perturbations(item), replace)]
 
     # --- when no single field helps ---
 
@@ -497,7 +398,7 @@ def alternatives(knob: Knob, value: Any, default: Any) -> list[Any]:
     if default is not None and default != value and not isinstance(default, list):
         found.append(default)
     if knob.kind == INT and isinstance(value, int):
-        found += _perturbations(value)[:3]
+        found += perturbations(value)[:3]
     elif knob.kind == CHOICE:
         found += [c for c in knob.choices if c != value]
     elif knob.kind in (INT_SEQ, CHOICE_SEQ) and value:
@@ -505,5 +406,5 @@ def alternatives(knob: Knob, value: Any, default: Any) -> list[Any]:
         if knob.kind == CHOICE_SEQ:
             found += [(c,) + value[1:] for c in knob.choices if c != first][:2]
         elif isinstance(first, int):
-            found += [(v,) + value[1:] for v in _perturbations(first)[:1]]
+            found += [(v,) + value[1:] for v in perturbations(first)[:1]]
     return list(dict.fromkeys(found))[:6]
