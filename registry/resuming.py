@@ -131,11 +131,11 @@ def resume(
     holds no checkpoint at all (or does not exist yet): start a new run there.
 
     A folder means its newest checkpoint (`registry.latest`: `step-N.pt`, accelerate
-    `checkpoint-N/`, Lightning `epoch=E-step=S.ckpt` and `last.ckpt`); a newest one that does not
-    read is skipped with a warning. `family`/`variant` restrict which builds may load it (a
+    `checkpoint-N/`, Lightning `epoch=E-step=S.ckpt` and `last.ckpt`, DCP `step-N/`, DeepSpeed's
+    `latest` tag); a newest one that does not read is skipped with a warning. `family`/`variant` restrict which builds may load it (a
     diffusers-UNet trainer passes `family="diffusers-unet"`, so an LDM checkpoint is converted in
-    memory). `db`: a database URL or an open `Registry` (default: `REGISTRY_DB`, then the default
-    SQLite file). `map_location` ("cpu", "cuda:0", a torch.device) places the model and `extra`.
+    memory). `db`: a database URL or an open `Registry` (default: `REGISTRY_DB`, then the `db` of
+    the nearest `[tool.registry]` table, then the default SQLite file). `map_location` ("cpu", "cuda:0", a torch.device) places the model and `extra`.
 
     Raises `ResumeRefused` (exit 1) when no registered build loads the checkpoint (its `details`
     hold the grouped diff and the suggested fix) or several do (pass `variant`); `allow_partial`
@@ -143,7 +143,7 @@ def resume(
     the rest). Raises `CheckpointError` (exit 3) for an unreadable file, `UsageError` (exit 2) for a
     missing file or a folder whose checkpoint names tell nothing, `DatabaseError` (exit 4).
     """
-    from registry.families import get_family, make_config
+    from registry.families import family_of_variant, make_config
     from registry.latest import latest_checkpoint, open_latest
     from registry.training.resume import load_plan, plan_resume
 
@@ -157,10 +157,11 @@ def resume(
                                               allow_partial=allow_partial, map_location=map_location)),
             skipped.append,
         )
-    if found_plan is None:
-        return None
-    found, plan = found_plan
-    built_family = get_family(plan.family)
+        if found_plan is None:
+            return None
+        found, plan = found_plan
+        record = reg.get_variant(plan.variant)  # its family source names a class family's config class
+    built_family = family_of_variant(plan.family, record.family_source if record is not None else None)
     config = make_config(built_family, plan.config)
     model = built_family.build(config)
     load_plan(model, plan)

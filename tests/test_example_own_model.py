@@ -44,6 +44,9 @@ def train(project: Path, *args: str, expect: int = 0) -> subprocess.CompletedPro
 def project(tmp_path) -> Path:
     target = tmp_path / "own-model"
     shutil.copytree(EXAMPLE, target, ignore=shutil.ignore_patterns("runs", "registry.db*", "__pycache__"))
+    git = ["git", "-c", "user.name=user", "-c", "user.email=user@example.com"]
+    for command in (["init", "-q"], ["add", "-A"], ["commit", "-q", "-m", "the project"]):
+        subprocess.run([*git, *command], cwd=target, check=True, capture_output=True)
     return target
 
 
@@ -68,6 +71,9 @@ def test_the_example_project_registers_trains_resumes_and_catches_the_first_inci
     audit = json.loads(registry_cmd(project, "audit", "--json").stdout)
     [chain] = audit["chains"]
     assert [(r["variant"], r["status"]) for r in chain["runs"]] == [("videovit/baseline", "completed")] * 2
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=project, capture_output=True, text=True).stdout.strip()
+    runs = json.loads(registry_cmd(project, "runs", "list", "--json").stdout)
+    assert [r["code_revision"] for r in runs] == [head, head]  # the project's revision, not the registry's
 
     # CI runs `registry check` (every registered variant); the project's own are named here so that
     # the test does not depend on the built-in families' probes.

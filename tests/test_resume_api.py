@@ -327,3 +327,72 @@ def test_a_checkpoint_whose_variant_the_code_no_longer_builds_is_refused_with_th
         registry.resume(path, db=db)
     assert refused.value.message == f"the current code builds mlp/base differently from {path}; nothing was trained"
     assert refused.value.details == ["2 unexpected in checkpoint: {1,3}.bias (2 entries)"]  # RMSNorm has no bias
+
+
+USER_CLASSES = '''
+from dataclasses import dataclass
+
+from torch import nn
+
+
+class MLP(nn.Module):
+    def __init__(self, *, width: int = 8, depth: int = 2):
+        super().__init__()
+        self.layers = nn.Sequential(*[nn.Linear(width, width) for _ in range(depth)])
+
+
+@dataclass
+class GPTConfig:
+    n_embd: int = 8
+    n_layer: int = 1
+
+
+class GPT(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.blocks = nn.ModuleList(nn.Linear(config.n_embd, config.n_embd) for _ in range(config.n_layer))
+
+
+class PlainConfig:
+    def __init__(self, width: int = 4):
+        self.width = width
+
+
+class Net(nn.Module):
+    def __init__(self, config: PlainConfig):
+        super().__init__()
+        self.proj = nn.Linear(config.width, 2 * config.width)
+'''
+
+
+@pytest.mark.parametrize("target, values, expected", [
+    ("MLP", {"width": 6}, {"width": 6, "depth": 2}),  # keyword arguments: a dict, so MLP(**config) rebuilds it
+    ("GPT", {"n_layer": 2}, "GPTConfig(n_embd=8, n_layer=2)"),  # the config object its constructor takes
+    ("Net", {"width": 3}, "PlainConfig width=3"),  # a plain config class, built from its fields
+])
+def test_a_class_familys_config_comes_back_in_the_form_its_constructor_takes(db, tmp_path, monkeypatch, target, values,
+                                                                           expected):
+    from registry.families import _FAMILIES
+
+    module = f"resume_user_classes_{target.lower()}"
+    (tmp_path / f"{module}.py").write_text(USER_CLASSES)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    name = f"{module}:{target}"
+    monkeypatch.setitem(_FAMILIES, name, None)  # removed again after the test
+    family = get_family(name)
+    config = make_config(family, values)
+    with open_registry(db) as reg:
+        add_variant(reg, f"user/{target.lower()}", name, config)
+    path = tmp_path / "user.pt"
+    torch.save({"model_state_dict": family.build(config).state_dict()}, path)
+
+    resumed = registry.resume(path, db=db)
+    assert resumed.variant == f"user/{target.lower()}"
+    if isinstance(expected, dict):
+        assert resumed.config == expected
+        assert type(resumed.model).__name__ == target
+    elif target == "GPT":
+        assert repr(resumed.config) == expected
+    else:
+        assert f"{type(resumed.config).__name__} width={resumed.config.width}" == expected

@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from registry.errors import RegistryError
 from registry.store.provenance import code_revision
 
 from .environment import RankInfo, current_user, host_name, scheduler_job_id
@@ -34,6 +35,17 @@ def register_source(reg: Any, plan: ResumePlan) -> int:
     return record.id
 
 
+def _family_revision(reg: Any, variant: str) -> str | None:
+    """The revision of the code that builds `variant` (a user's repository for their own family)."""
+    from registry.families import family_of_variant
+
+    record = reg.require_variant(variant)
+    try:
+        return code_revision(family_of_variant(record.family, record.family_source))
+    except RegistryError:  # the family is not loaded here: the run still records, without a revision
+        return None
+
+
 def start_run(reg: Any, *, variant: str, schema_version_id: int, config: dict[str, Any], ranks: RankInfo,
               plan: ResumePlan | None) -> str:
     """Record the run (status `running`) with where it runs and what it resumed; returns its id."""
@@ -45,7 +57,7 @@ def start_run(reg: Any, *, variant: str, schema_version_id: int, config: dict[st
                                  "ignored": len(plan.partial.ignored)}
     run = reg.start_run(
         variant, schema_version_id=schema_version_id, config=config, host=host_name(), user=current_user(),
-        scheduler_job_id=scheduler_job_id(), world_size=ranks.world_size, code_revision=code_revision(),
+        scheduler_job_id=scheduler_job_id(), world_size=ranks.world_size, code_revision=_family_revision(reg, variant),
         resumed_from_checkpoint_id=register_source(reg, plan) if plan is not None else None,
         parent_run_id=plan.parent_run_id if plan is not None else None,
         resume_details=details or None,
