@@ -349,3 +349,46 @@ def test_an_intended_behaviour_change_is_bumped_and_then_passes(sqlite_url, monk
         assert bump_variant(reg, "ctvit/tiny").version.version == 2
         [report] = check_all(reg)
         assert (report.status, report.behaviour.status) == ("ok", BehaviourStatus.OK)
+
+
+def test_a_dependency_that_changed_behaviour_is_named(sqlite_url, monkeypatch):
+    import torch
+
+    from registry.drift import check_all
+    from registry.store import open_registry
+    from registry.store.provenance import package_versions
+
+    family = get_family("ctvit")
+    config = make_config(family, get_builtin_variant("ctvit/tiny").config)
+    built = build_schema(family, config)
+    exact_gelu = torch.nn.functional.gelu
+    # recorded under an "older torch" whose GELU was the tanh approximation
+    monkeypatch.setattr(torch.nn.functional, "gelu", lambda x, approximate="none": exact_gelu(x, approximate="tanh"))
+    older = behaviour_digest(family, config)
+    monkeypatch.undo()
+    with open_registry(sqlite_url, upgrade=True) as reg:
+        reg.register_variant("ctvit/tiny", "ctvit", get_builtin_variant("ctvit/tiny").config)
+        reg.record_schema_version("ctvit/tiny", built.schema, built.signature, code_revision=None,
+                                  package_versions={**package_versions(), "torch": "2.0.0"}, behaviour=older)
+        [report] = check_all(reg)
+    assert report.behaviour.status is BehaviourStatus.DRIFT
+    assert report.package_changes == {"torch": ["2.0.0", package_versions()["torch"]]}
+    lines = report.lines()
+    assert lines[0].startswith("behaviour drift: ctvit/tiny outputs differ by ")
+    assert any(line.startswith("  package torch: 2.0.0 → ") and line.endswith("(a dependency can change what a model "
+                                                                             "computes)") for line in lines)
+
+
+def test_behaviour_is_not_compared_when_the_layout_drifted(sqlite_url, monkeypatch):
+    import registry.models.ctvit_attention as attention
+    from registry.drift import check_all
+    from registry.store import open_registry
+    from registry.store.variants import init_builtin_variants
+
+    with open_registry(sqlite_url, upgrade=True) as reg:
+        init_builtin_variants(reg, [get_builtin_variant("ctvit/tiny")])
+        monkeypatch.setattr(attention, "GEGLU", attention.SwiGLU)  # a module class changed: layout drift
+        [report] = check_all(reg)
+    assert report.status == "drift" and report.module_changes
+    assert report.to_json()["behaviour_status"] == "not_compared"
+    assert report.lines()[0] == "drift: ctvit/tiny (schema version 1 → the current code)"
