@@ -8,7 +8,7 @@ naming, add one row:
 | ----------- | -------------------------------------- | ----------------------------------------- |
 | step        | `step-120.pt` (ours: `step-00000120.pt`), also `.pth .ckpt .bin .safetensors` | highest step |
 | accelerate  | `checkpoint-1200/` (accelerate, HF Trainer), `checkpoint_3/` (accelerate's automatic naming) | highest number |
-| lightning   | `epoch=3-step=1200.ckpt` (`-val_loss=...`, `-v1` allowed), `last.ckpt`, `last-v1.ckpt` | `last*.ckpt` (Lightning rewrites it at every save), else highest step, then epoch |
+| lightning   | `epoch=3-step=1200.ckpt` (`-val_loss=...`, `-v1` allowed), `last.ckpt`, `last-v1.ckpt` (files, or DCP folders under FSDP `state_dict_type="sharded"`) | `last*.ckpt` (Lightning rewrites it at every save), else highest step, then epoch |
 | dcp         | `step-1200/` (torch.distributed.checkpoint folders: torchtitan, FSDP2 trainers) | highest step |
 | deepspeed   | `global_step1200/`; the tag DeepSpeed's `latest` file names comes first | `latest`, else highest step |
 
@@ -63,6 +63,11 @@ NAME_PATTERNS: tuple[NamePattern, ...] = (
     NamePattern("lightning", re.compile(r"^epoch=(?P<epoch>\d+)-step=(?P<step>\d+)(?:-.*)?\.ckpt$"), False,
                 lambda m: (int(m["step"]), int(m["epoch"])), _number("step")),
     NamePattern("lightning", re.compile(r"^last(?:-v(?P<v>\d+))?\.ckpt$"), False,
+                lambda m: (_NEWEST, int(m["v"] or 0)), lambda m: None),
+    # Lightning's FSDP strategy with state_dict_type="sharded" writes the same names as DCP folders
+    NamePattern("lightning", re.compile(r"^epoch=(?P<epoch>\d+)-step=(?P<step>\d+)(?:-.*)?\.ckpt$"), True,
+                lambda m: (int(m["step"]), int(m["epoch"])), _number("step")),
+    NamePattern("lightning", re.compile(r"^last(?:-v(?P<v>\d+))?\.ckpt$"), True,
                 lambda m: (_NEWEST, int(m["v"] or 0)), lambda m: None),
     NamePattern("dcp", re.compile(r"^step-(?P<step>\d+)$"), True, lambda m: (int(m["step"]),), _number("step")),
     NamePattern("deepspeed", re.compile(r"^global_step(?P<step>\d+)$"), True,

@@ -295,3 +295,40 @@ def test_a_missing_shard_and_an_optimizer_only_folder_are_refused(small, tmp_pat
     with pytest.warns(UserWarning, match="single process"):
         dcp.save({"optimizer": optimizer.state_dict()}, checkpoint_id=str(folder))
     refused(folder, "it holds no model tensors (only optimizer)")
+
+
+def test_lightning_sharded_folders_and_fsdp_wrapper_names(tmp_path):
+    """Lightning's FSDP strategy (`state_dict_type="sharded"`) saves `{"model": ..., "optimizer_0": ...}`
+    into `epoch=E-step=S.ckpt/` with the trainer state in `meta.pt`; FSDP1 and torch.compile leave
+    `_fsdp_wrapped_module.` / `_orig_mod.` in names when a state dict is taken from the wrapped module."""
+    import torch.distributed.checkpoint as dcp
+
+    from registry.latest import latest_checkpoint
+    from registry.tensors import load_state_dict
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.LayerNorm(8))
+    wrapped = {f"_orig_mod.{name.replace('.', '._fsdp_wrapped_module.', 1)}": tensor
+               for name, tensor in model.state_dict().items()}
+    assert "_orig_mod.0._fsdp_wrapped_module.weight" in wrapped
+    folder = tmp_path / "epoch=2-step=30.ckpt"
+    optimizer = {"state": {"0.weight": {"exp_avg": torch.zeros(8, 4)}}, "param_groups": [{"lr": 0.1}]}
+    with pytest.warns(UserWarning, match="single process"):
+        dcp.save({"model": wrapped, "optimizer_0": optimizer}, checkpoint_id=str(folder))
+    torch.save({"global_step": 30, "epoch": 2, "hyper_parameters": {"width": 8}}, folder / "meta.pt")
+
+    info = read_checkpoint(folder)
+    assert info.fingerprint == read_checkpoint(_saved(tmp_path, model)).fingerprint
+    assert (info.container, info.wrapper, info.step, info.metadata["epoch"]) == (
+        "model", "_orig_mod._fsdp_wrapped_module.", 30, 2)
+    assert info.metadata["dcp"]["other_state"] == ["optimizer_0"]
+    state = load_state_dict(info)
+    assert state.keys() == model.state_dict().keys()
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+    found = latest_checkpoint(tmp_path)
+    assert (found.path, found.style, found.step) == (folder, "lightning", 30)
+
+
+def _saved(tmp_path: Path, model) -> Path:
+    path = tmp_path / "single.pt"
+    torch.save(model.state_dict(), path)
+    return path

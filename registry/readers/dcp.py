@@ -83,16 +83,42 @@ def read_dcp(folder: str, *, allow_unsafe: bool, limits: Limits) -> CheckpointIn
     if not model:
         raise FormatError("it holds no model tensors (only " + ", ".join(set_aside[:5]) + "): a DCP folder of "
                           "optimizer or trainer state; pass the folder of the model")
-    step = folder_step(folder)
     extra: dict[str, Any] = {"dcp": {"version": parsed.version, "shards": len(parsed.shards),
                                      "other_state": set_aside[:20]}}
+    extra.update(_lightning_meta(folder, parsed.warnings, limits))
+    step = folder_step(folder)
     if step is not None:
-        extra["step"] = step
+        extra.setdefault("step", step)
     raw = RawCheckpoint(root=model, files=[os.path.join(folder, METADATA_FILE)], warnings=parsed.warnings)
     info = build_info(folder, "dcp-folder", raw, parsed.size_bytes, limits, extra_metadata=extra)
     if parsed.infix_wrappers:
         info.wrapper = (info.wrapper or "") + "".join(parsed.infix_wrappers)
     return info
+
+
+LIGHTNING_META = "meta.pt"  # Lightning's FSDP strategy saves the trainer state beside the shards
+
+
+def _lightning_meta(folder: str, warnings: list[str], limits: Limits) -> dict[str, Any]:
+    """`step` and `epoch` from Lightning's `meta.pt` (read like any torch file: metadata only),
+    or {}; a meta.pt that cannot be read safely is named in a warning, the model still reads."""
+    from registry.errors import RegistryError
+
+    from .checkpoint import read_file
+
+    path = os.path.join(folder, LIGHTNING_META)
+    if not os.path.isfile(path):
+        return {}
+    try:
+        _fmt, raw, _size = read_file(path, allow_unsafe=False, limits=limits)
+    except (FormatError, RegistryError) as exc:
+        warnings.append(f"{LIGHTNING_META} was not read ({getattr(exc, 'message', exc)})")
+        return {}
+    root = raw.root if type(raw.root) is dict else {}
+    found = {key: root[key] for key in ("global_step", "epoch") if type(root.get(key)) is int}
+    if "global_step" in found:
+        found["step"] = found.pop("global_step")
+    return found
 
 
 class ParsedMetadata:
