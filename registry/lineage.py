@@ -131,7 +131,13 @@ class TrainingRun:
         return self
 
     def __exit__(self, kind: Any, error: Any, traceback: Any) -> None:
-        self.end("completed" if kind is None else "cancelled" if issubclass(kind, KeyboardInterrupt) else "failed")
+        if kind is None:
+            self.end("completed")
+            return
+        try:  # record the end without hiding the error that ended the run
+            self.end("cancelled" if issubclass(kind, KeyboardInterrupt) else "failed")
+        except RegistryError:
+            pass
 
 
 def start_run(model: Any = None, *, variant: str | None = None, resumed: Resumed | None = None,

@@ -396,3 +396,12 @@ def test_a_class_familys_config_comes_back_in_the_form_its_constructor_takes(db,
         assert repr(resumed.config) == expected
     else:
         assert f"{type(resumed.config).__name__} width={resumed.config.width}" == expected
+
+
+def test_a_run_that_raises_is_recorded_as_failed_and_the_error_is_not_hidden(db):
+    model = build("ctvit/tiny")
+    with pytest.raises(ValueError, match="loss is nan"):
+        with registry.start_run(model, db=db) as run:
+            raise ValueError("loss is nan")
+    with open_registry(db) as reg:
+        assert reg.get_run(run.id).status == "failed"
