@@ -298,14 +298,15 @@ def test_comparison_sees_shape_changes_and_counts_differing_ids():
 # --- recorded with schema versions --------------------------------------------------------------
 
 
-def test_versions_record_digests_and_bump_backfills_one_recorded_before_digests(sqlite_url):
+def test_versions_record_digests_and_bump_backfills_one_recorded_before_digests(db_url):
+    # on both backends: the digest comes back from its JSON column exactly as computed
     from click.testing import CliRunner
 
     from registry.command.cli import main
     from registry.store import open_registry
     from registry.store.variants import bump_variant, init_builtin_variants
 
-    with open_registry(sqlite_url, upgrade=True) as reg:
+    with open_registry(db_url, upgrade=True) as reg:
         [outcome] = init_builtin_variants(reg, [get_builtin_variant("ldm-unet/tiny")])
         assert outcome.version.behaviour == builtin_digest("ldm-unet/tiny")
         # a version recorded before digests existed: same layout, no digest
@@ -317,19 +318,19 @@ def test_versions_record_digests_and_bump_backfills_one_recorded_before_digests(
                                   package_versions={})
         assert check_behaviour(family, config, None).status is BehaviourStatus.NOT_RECORDED
 
-    result = CliRunner().invoke(main, ["--db", sqlite_url, "check"])
+    result = CliRunner().invoke(main, ["--db", db_url, "check"])
     assert result.exit_code == 0, result.output
     assert result.stdout.splitlines() == [
         "note: no behaviour digest for diffusers-unet/old schema version 1 (recorded before digests existed): "
         "`registry variants bump diffusers-unet/old` records one",
         "2 of 2 variants unchanged",
     ]
-    with open_registry(sqlite_url) as reg:
+    with open_registry(db_url) as reg:
         bumped = bump_variant(reg, "diffusers-unet/old")
         assert (bumped.status, bumped.version.version) == ("recorded", 2)
         assert bumped.version.fingerprint == built.fingerprint and bumped.version.behaviour is not None
         assert bump_variant(reg, "diffusers-unet/old").status == "unchanged"
-    assert CliRunner().invoke(main, ["--db", sqlite_url, "check"]).stdout == "2 of 2 variants unchanged\n"
+    assert CliRunner().invoke(main, ["--db", db_url, "check"]).stdout == "2 of 2 variants unchanged\n"
 
 
 def test_an_intended_behaviour_change_is_bumped_and_then_passes(sqlite_url, monkeypatch):
