@@ -107,7 +107,7 @@ def variants_add_command(ctx: click.Context, name: str, family_name: str | None,
 
     family, config = config_from_options(family_name, None, config_file, assignments, class_target=class_target,
                                          config_key=config_key, config_class=config_class)
-    full_name = name if "/" in name or not family_name else f"{family.name}/{name}"
+    full_name = name if "/" in name or family.origin and family.origin.kind == "class" else f"{family.name}/{name}"
     with open_registry_from(ctx) as reg:
         outcome = add_variant(reg, full_name, family.name, config, description)
     if as_json:

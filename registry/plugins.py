@@ -4,7 +4,7 @@ In this order, each module imported once:
 1. entry points of the group `registry.families` (each names a module that registers families when
    imported); the registry's own built-in families are declared there too, in setup.cfg;
 2. `plugins = [...]` of the `[tool.registry]` table in the nearest pyproject.toml (its folder goes
-   on `sys.path`), and the class families its variants name with a `config_class`;
+   on `sys.path`), and the class families its variants name;
 3. `REGISTRY_PLUGINS=mod1,mod2`, then `--plugin MODULE` (the working directory goes on `sys.path`,
    for code that is not packaged).
 
@@ -23,7 +23,7 @@ from pathlib import Path
 from types import ModuleType
 
 from . import families as _families
-from .errors import PluginError
+from .errors import PluginError, UsageError
 from .families import FamilySource
 
 GROUP = "registry.families"
@@ -99,9 +99,14 @@ def _load_project() -> None:
     from .class_family import class_family
     from .declared import attach_declared_probes
 
-    for declared in project.variants.values():
-        if declared.class_target and declared.config_class:
-            class_family(declared.class_target, config_class=declared.config_class)
+    # The classes the variants name are the project's families too (`registry families` lists them;
+    # a class that cannot be imported is the project's error, said once, here).
+    for declared in sorted(project.variants.values(), key=lambda d: d.name):
+        if declared.class_target:
+            try:
+                class_family(declared.class_target, config_class=declared.config_class)
+            except UsageError as exc:
+                raise type(exc)(f"{project.path}: variant {declared.name}: {exc.message}", hint=exc.hint) from None
     attach_declared_probes(project)
 
 

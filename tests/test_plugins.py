@@ -116,6 +116,24 @@ def test_a_plugin_that_fails_to_import_stops_the_command(tmp_path):
                                               "ModuleNotFoundError: No module named 'no_such_module'")
 
 
+def test_a_declared_class_that_cannot_be_imported_is_the_projects_error(tmp_path):
+    write(tmp_path, {**MODELS, "pyproject.toml": '''
+        [tool.registry.variants."vit/a"]
+        class = "models.vit:ViT"
+        config = { dim = 8, depth = 1 }
+        [tool.registry.variants."vit/b"]
+        class = "models.vitt:ViT"
+        '''})
+    result = registry(tmp_path, "families")
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[0] == (f"error: {tmp_path}/pyproject.toml: variant vit/b: family "
+                                             "'models.vitt:ViT' is not loaded: module 'models.vitt' cannot be found")
+    (tmp_path / "pyproject.toml").write_text((tmp_path / "pyproject.toml").read_text().replace("vitt", "vit"))
+    rows = families_json(tmp_path)
+    assert (rows["models.vit:ViT"]["source"], rows["models.vit:ViT"]["description"]) == (
+        "class: models.vit:ViT", "A CTViT-like transformer: the team's image encoder.")
+
+
 @pytest.mark.slow
 def test_two_sources_claiming_one_family_name(tmp_path):
     write(tmp_path, {**MODELS, "models/copy.py": FAMILIES.replace("from .vit", "from models.vit"),
