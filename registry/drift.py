@@ -90,7 +90,7 @@ class DriftReport:
         if check.comparison is not None:
             out += [f"  {d.name}: {d.detail}" for d in check.comparison.changed[:8]]
         if check.probe_config is not None:
-            out.append("  probed at the family's small probe config (the variant is too big to probe on a CPU)")
+            out.append("  probed at the family's small probe config recorded with the digest, not the variant's own")
         for name, (before, now) in sorted(self.package_changes.items()):
             out.append(f"  package {name}: {before or 'absent'} → {now or 'absent'} (a dependency can change what "
                        "a model computes)")
