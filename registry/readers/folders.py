@@ -26,6 +26,7 @@ _WEIGHTS = re.compile(
     r"^(?P<base>diffusion_pytorch_model|model|pytorch_model)(?:_(?P<n>\d+))?"
     r"(?:\.(?P<v1>[\w-]+))?\.(?P<ext>safetensors|bin)(?P<index>\.index(?:\.(?P<v2>[\w-]+))?\.json)?$"
 )
+_RECORD = "registry.json"
 _ACCELERATE = re.compile(r"^(optimizer(_\d+)?\.(bin|pt)|scheduler(_\d+)?\.(bin|pt)|random_states_\d+\.pkl|scaler\.pt)$")
 
 
@@ -51,6 +52,11 @@ def read_folder(folder: str, *, allow_unsafe: bool, limits: Limits) -> Checkpoin
         plain = plain_copy(config, limits.metadata_nodes * 5, limits.metadata_depth)
         if type(plain) is dict:
             extra["config"] = plain
+    if _RECORD in names:  # the registry record written beside the weights (registry.integrations.accelerate)
+        record = plain_copy(_read_json(os.path.join(folder, _RECORD), min(limits.max_json_bytes, 1 << 20)),
+                            limits.metadata_nodes, limits.metadata_depth)
+        if type(record) is dict:
+            extra["registry"] = record
     path = os.path.join(folder, chosen)
     if chosen.endswith(".json"):
         info = read_index(path, allow_unsafe=allow_unsafe, limits=limits, display=folder)
