@@ -108,12 +108,11 @@ def test_resuming_loads_the_global_tensors_through_torchs_dcp_loader(written, db
     assert (plan.variant, plan.step) == ("ctvit/tiny", 1)
     assert plan.state_dict.keys() == twin.keys()
     assert all(torch.equal(plan.state_dict[k], twin[k]) for k in twin)
-    model = torch.nn.Module()  # the strict load a trainer does
     from registry.families import get_family, make_config
 
     family = get_family("ctvit")
     model = family.build(make_config(family, plan.config))
-    model.load_state_dict(plan.state_dict, strict=True)
+    model.load_state_dict(plan.state_dict, strict=True)  # the strict load a trainer does
 
 
 @pytest.mark.slow

@@ -14,13 +14,13 @@ layouts they use) allowed as inert data records. The chunks must tile each globa
 
 from __future__ import annotations
 
+import copy
 import os
 import re
 import stat
-from bisect import bisect_left
-from itertools import product
 from typing import Any
 
+from .dcp_chunks import MAX_TILING_CELLS, check_tensor, fields_of, kind_of
 from .info import CheckpointInfo
 from .layout import NOT_MODEL
 from .limits import FormatError, LimitError, Limits
@@ -30,8 +30,7 @@ from .torch_pickle import RawCheckpoint
 from .unpickler import MetadataUnpickler
 
 METADATA_FILE = ".metadata"
-MAX_CHUNKS_PER_TENSOR = 65_536  # a tensor's chunks: one per rank and mesh cell; far above any cluster
-MAX_TILING_CELLS = 4_000_000  # work spent proving that the chunks of all tensors tile their shapes
+MAX_PATH_DEPTH = 64  # nesting of the saved state dict (`("optim", "state", fqn, "exp_avg")` is 4)
 
 _DCP = "torch.distributed.checkpoint"
 _SHARD = "torch.distributed._shard.sharded_tensor.metadata"  # torch 2.0-2.1 kept TensorProperties here
@@ -139,8 +138,24 @@ class ParsedMetadata:
         self.infix_wrappers: list[str] = []
 
 
+METADATA_SCALE = 4  # pickle bounds for .metadata, relative to a torch file's data.pkl
+
+
+def metadata_limits(limits: Limits) -> Limits:
+    """The pickle bounds for a `.metadata`: 4x those of a torch file's `data.pkl`, because it
+    holds one chunk record (about 65 pickle instructions) per tensor per rank: 300 tensors on 256
+    ranks is ~5M instructions. It is data only (nothing but DCP records is allowed), so a hostile
+    one still ends within the raised bounds (seconds, a few hundred MB)."""
+    scaled = copy.copy(limits)
+    scaled.max_instructions = limits.max_instructions * METADATA_SCALE
+    scaled.max_memo = limits.max_memo * METADATA_SCALE
+    scaled.max_pickle_bytes = limits.max_pickle_bytes * METADATA_SCALE
+    return scaled
+
+
 def parse_metadata(folder: str, *, allow_unsafe: bool, limits: Limits) -> ParsedMetadata:
     """Read and check `folder/.metadata`; see `ParsedMetadata`. Raises as `read_dcp`."""
+    limits = metadata_limits(limits)
     path = os.path.join(folder, METADATA_FILE)
     data = _read_capped(path, limits.max_pickle_bytes)
     findings = Findings()
@@ -152,7 +167,7 @@ def parse_metadata(folder: str, *, allow_unsafe: bool, limits: Limits) -> Parsed
         raise
     parsed = ParsedMetadata()
     parsed.warnings = findings.verdict(path, allow_unsafe=allow_unsafe, where=".metadata")
-    fields = _fields(root, "Metadata", "the .metadata pickle")
+    fields = fields_of(root, "Metadata", "the .metadata pickle")
     entries = fields.get("state_dict_metadata")
     if type(entries) is not dict:
         raise FormatError(".metadata has no state_dict_metadata mapping of names to tensors")
@@ -168,8 +183,8 @@ def parse_metadata(folder: str, *, allow_unsafe: bool, limits: Limits) -> Parsed
             parsed.objects.append(fqn)
             continue
         if kind != "TensorStorageMetadata":
-            raise FormatError(f".metadata entry {fqn[:80]!r} is a {_what(entry)}, not tensor or bytes storage metadata")
-        dtype, shape, count = _check_tensor(fqn, _fields(entry, kind, f"entry {fqn[:80]!r}"), budget)
+            raise FormatError(f".metadata entry {fqn[:80]!r} is a {kind_of(entry)}, not tensor or bytes storage metadata")
+        dtype, shape, count = check_tensor(fqn, fields_of(entry, kind, f"entry {fqn[:80]!r}"), budget)
         chunks_seen += count
         if chunks_seen > limits.max_tensors:
             raise LimitError(f".metadata lists more than {limits.max_tensors:,} chunks")
@@ -196,121 +211,6 @@ def _read_capped(path: str, cap: int) -> bytes:
     if not data:
         raise FormatError(f"{METADATA_FILE} is empty (an interrupted save?)")
     return data
-
-
-def _fields(value: Any, expected: str, what: str) -> dict:
-    """The attributes a DCP dataclass instance was pickled with (its BUILD state)."""
-    if type(value) is not Instance or value.cls is None or value.cls.name != expected:
-        raise FormatError(f"{what} is a {_what(value)}, not a DCP {expected}")
-    state = value.state
-    if type(state) is tuple and len(state) == 2 and (state[0] is None or type(state[0]) is dict):
-        state = {**(state[0] or {}), **(state[1] if type(state[1]) is dict else {})}  # slots
-    if type(state) is not dict:
-        raise FormatError(f"{what}: a malformed {expected} record")
-    return state
-
-
-def _what(value: Any) -> str:
-    if type(value) is Instance:
-        return value.type_name
-    if type(value) is Global:
-        return value.path
-    return type(value).__name__
-
-
-def _dims(value: Any, what: str) -> tuple[int, ...]:
-    if type(value) not in (tuple, list) or len(value) > 64 or any(type(d) is not int for d in value):
-        raise FormatError(f"{what} is not a list of integers")
-    if any(d < 0 for d in value):
-        raise FormatError(f"{what} {list(value)[:8]} has a negative size")
-    return tuple(value)
-
-
-def _dtype(properties: Any, fqn: str) -> str:
-    from .dtypes import ELEMENT_BYTES
-
-    if type(properties) is not Instance or properties.cls is None or properties.cls.name != "TensorProperties":
-        raise FormatError(f"tensor {fqn[:80]!r} has no TensorProperties")
-    state = properties.state
-    dtype = state[0] if type(state) is tuple and state else state.get("dtype") if type(state) is dict else None
-    name = dtype.value if type(dtype) is Global else None
-    if type(name) is not str or name not in ELEMENT_BYTES:
-        raise FormatError(f"tensor {fqn[:80]!r} has an unknown dtype {_what(dtype)}")
-    return name
-
-
-def _check_tensor(fqn: str, fields: dict, budget: list[int]) -> tuple[str, tuple[int, ...], int]:
-    """(dtype, global shape, chunk count) of one tensor; its chunks must tile the shape exactly."""
-    what = f"tensor {fqn[:80]!r}"
-    dtype = _dtype(fields.get("properties"), fqn)
-    shape = _dims(fields.get("size"), f"{what}: the global shape")
-    chunks = fields.get("chunks")
-    if type(chunks) is not list:
-        raise FormatError(f"{what} has no list of chunks")
-    if len(chunks) > MAX_CHUNKS_PER_TENSOR:
-        raise LimitError(f"{what} is split into {len(chunks):,} chunks, more than {MAX_CHUNKS_PER_TENSOR:,}")
-    boxes = []
-    for chunk in chunks:
-        parts = _fields(chunk, "ChunkStorageMetadata", f"a chunk of {what}")
-        offsets = _dims(parts.get("offsets"), f"{what}: chunk offsets")
-        sizes = _dims(parts.get("sizes"), f"{what}: chunk sizes")
-        if len(offsets) != len(shape) or len(sizes) != len(shape):
-            raise FormatError(f"{what} has shape {list(shape)} but a chunk of {len(sizes)} dimensions")
-        for offset, size, dim in zip(offsets, sizes, shape):
-            if offset + size > dim:
-                raise FormatError(f"{what}: a chunk at {list(offsets)} of size {list(sizes)} lies outside its "
-                                  f"global shape {list(shape)}")
-        boxes.append((offsets, sizes))
-    _check_tiling(what, shape, boxes, budget)
-    return dtype, shape, len(chunks)
-
-
-def _check_tiling(what: str, shape: tuple[int, ...], boxes: list, budget: list[int]) -> None:
-    """Every element of the global shape lies in exactly one chunk (a shape lie is refused).
-
-    The chunk edges cut each dimension into intervals; each cell of that grid must be covered
-    once. Work is bounded by the grid's size, which for real sharding is the chunk count.
-    """
-    volume = 1
-    for dim in shape:
-        volume *= dim
-    covered = 0
-    for _offsets, sizes in boxes:
-        part = 1
-        for size in sizes:
-            part *= size
-        covered += part
-    if covered != volume:
-        raise FormatError(f"{what}: its chunks hold {covered:,} elements but its global shape {list(shape)} has "
-                          f"{volume:,}; the chunks do not tile the shape")
-    if volume == 0 or len(boxes) == 1:
-        return  # one chunk inside the shape with the full volume is the whole tensor
-    cuts = []
-    for axis, dim in enumerate(shape):
-        edges = {0, dim}
-        for offsets, sizes in boxes:
-            edges.add(offsets[axis])
-            edges.add(offsets[axis] + sizes[axis])
-        cuts.append(sorted(edges))
-    cells = 1
-    for edges in cuts:
-        cells *= len(edges) - 1
-    budget[0] -= cells
-    if budget[0] < 0:
-        raise LimitError(f"{what}: its chunks cut the tensor into {cells:,} pieces; too fragmented to check")
-    seen = bytearray(cells)
-    for offsets, sizes in boxes:
-        if 0 in sizes:
-            continue
-        ranges = [range(bisect_left(edges, offsets[axis]), bisect_left(edges, offsets[axis] + sizes[axis]))
-                  for axis, edges in enumerate(cuts)]
-        for cell in product(*ranges):
-            index = 0
-            for axis, position in enumerate(cell):
-                index = index * (len(cuts[axis]) - 1) + position
-            if seen[index]:
-                raise FormatError(f"{what}: two chunks overlap; the chunks do not tile its global shape {list(shape)}")
-            seen[index] = 1
 
 
 _FSDP_SEGMENTS = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.")
@@ -342,6 +242,8 @@ def _build_tree(parsed: ParsedMetadata, planner_data: Any) -> None:
     tree: dict[Any, Any] = {}
     for fqn, (dtype, shape) in parsed.tensors.items():
         path = paths.get(fqn, (fqn,))
+        if len(path) > MAX_PATH_DEPTH:
+            raise FormatError(f".metadata nests {fqn[:80]!r} {len(path)} levels deep in its state dict")
         path = path[:-1] + (_clean(path[-1], parsed) if type(path[-1]) is str else path[-1],)
         node = tree
         for key in path[:-1]:
