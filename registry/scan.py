@@ -126,6 +126,7 @@ def _shards(index_path: str) -> set[str]:
 
 _SHARDED_FILE = re.compile(r"\.distcp$|^\.metadata$|^meta\.pt$|_model_states\.pt$|_optim_states\.pt$")
 _OPTIMIZER_FOLDER = re.compile(r"^optimizer(_\d+)?$")  # accelerate's FSDP optimizer state (a DCP folder)
+_FSDP_MODEL = "pytorch_model_fsdp_0"  # accelerate's FSDP model (a DCP folder) inside checkpoint-N/
 
 
 def _sharded_units(folder: str, names: list[str]) -> list[str] | None:
@@ -184,6 +185,11 @@ def find_checkpoints(root: str) -> tuple[list[str], list[Skipped]]:
     units: list[str] = []
     for folder, dirs, files in os.walk(top, onerror=unlisted, followlinks=False):
         dirs.sort()
+        if _FSDP_MODEL in dirs and not any(_weights_base(n) == "model" for n in files):
+            # accelerate's SHARDED_STATE_DICT: checkpoint-N/ is the checkpoint, as `read_checkpoint` and
+            # `--resume latest` name it; its pytorch_model_fsdp_0/ and optimizer_0/ are parts of it
+            units.append(folder)
+            dirs[:] = [d for d in dirs if d != _FSDP_MODEL and not _OPTIMIZER_FOLDER.match(d)]
         units.extend(_units_in(folder, sorted(files)))
     return _once(units), problems
 

@@ -331,3 +331,54 @@ def _saved(tmp_path: Path, model) -> Path:
     path = tmp_path / "single.pt"
     torch.save(model.state_dict(), path)
     return path
+
+
+def test_an_accelerate_fsdp_checkpoint_is_its_checkpoint_folder(tmp_path):
+    """Accelerate with SHARDED_STATE_DICT: `checkpoint-N/pytorch_model_fsdp_0/` holds `{"model": ...}`,
+    `checkpoint-N/optimizer_0/` holds `{"optimizer": ...}`, both DCP folders, beside RNG states."""
+    import torch.distributed.checkpoint as dcp
+
+    from registry.latest import latest_checkpoint
+    from registry.scan import find_checkpoints
+    from registry.tensors import load_state_dict
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.LayerNorm(8))
+    optimizer = torch.optim.AdamW(model.parameters())
+    model(torch.ones(1, 4)).sum().backward()
+    optimizer.step()
+    root = tmp_path / "checkpoint-3"
+    with pytest.warns(UserWarning, match="single process"):
+        dcp.save({"model": model.state_dict()}, checkpoint_id=str(root / "pytorch_model_fsdp_0"))
+        dcp.save({"optimizer": optimizer.state_dict()}, checkpoint_id=str(root / "optimizer_0"))
+    torch.save({"step": 3}, root / "random_states_0.pkl")
+
+    info = read_checkpoint(root)
+    assert (info.path, info.format, info.step) == (str(root), "dcp-folder", 3)
+    assert info.fingerprint == read_checkpoint(_saved(tmp_path, model)).fingerprint
+    assert all(torch.equal(load_state_dict(info)[k], v) for k, v in model.state_dict().items())
+    assert latest_checkpoint(tmp_path).path == root
+    assert find_checkpoints(str(tmp_path)) == ([str(root), str(tmp_path / "single.pt")], [])
+
+
+@pytest.mark.slow
+def test_the_metadata_of_a_256_rank_job_reads(tmp_path):
+    """300 tensors sharded over 256 ranks: 76,800 chunk records, ~10 MB of .metadata."""
+    from torch.distributed.checkpoint.filesystem import _StorageInfo
+    from torch.distributed.checkpoint.metadata import (ChunkStorageMetadata, Metadata, MetadataIndex,
+                                                       TensorProperties, TensorStorageMetadata)
+
+    ranks, entries, storage = 256, {}, {}
+    for index in range(300):
+        fqn = f"model.layers.{index}.weight"
+        chunks = [ChunkStorageMetadata(offsets=torch.Size([r * 2, 0]), sizes=torch.Size([2, 8])) for r in range(ranks)]
+        for rank, chunk in enumerate(chunks):
+            storage[MetadataIndex(fqn, chunk.offsets, rank)] = _StorageInfo(f"__{rank}_0.distcp", index * 64, 64)
+        entries[fqn] = TensorStorageMetadata(TensorProperties(dtype=torch.bfloat16), torch.Size([ranks * 2, 8]), chunks)
+    planner = {fqn: ("model", fqn[len("model."):]) for fqn in entries}
+    folder = tmp_path / "step-9"
+    folder.mkdir()
+    write_metadata(folder, Metadata(entries, planner_data=planner, storage_data=storage, version="1.0.0"))
+    for rank in range(ranks):
+        (folder / f"__{rank}_0.distcp").write_bytes(b"")
+    info = read_checkpoint(folder)
+    assert (len(info.schema), info.parameters, info.metadata["dcp"]["shards"]) == (300, 300 * 512 * 8, 256)
