@@ -152,7 +152,10 @@ def _state_in_memory(info: CheckpointInfo, method: Method) -> dict:
 
 def _streamed_tensors(info: CheckpointInfo, method: Method, allow_unsafe: bool) -> list | None:
     """The target tensors as byte ranges of the source file, or None when only memory can convert it."""
-    from .streaming import NotStreamable, lazy_tensors, rename_tensors, trace_conversion
+    from .families import canonical_config_json
+    from .streaming import NotStreamable, lazy_tensors, rename_tensors
+    from .streaming.plan import apply_plan
+    from .streaming.plan_cache import cached_plan
 
     try:
         tensors = lazy_tensors(info, allow_unsafe=allow_unsafe)
@@ -162,7 +165,8 @@ def _streamed_tensors(info: CheckpointInfo, method: Method, allow_unsafe: bool) 
         inner = {name[cut:]: t.renamed(name[cut:]) for name, t in tensors.items() if name.startswith(method.prefix)}
         if method.converter is None:
             return list(inner.values())
-        return trace_conversion(method.converter.convert_state_dict, inner, method.source_config)
+        config_text = canonical_config_json(method.source_config)
+        return apply_plan(cached_plan(method.converter, inner, method.source_config, config_text), inner)
     except NotStreamable:
         return None
     except ValueError as exc:  # two names mapped onto one

@@ -22,18 +22,27 @@ class Converter:
     target_config: Callable[[Any], Any]  # source config -> target config
     convert_state_dict: Callable[[Mapping[str, Any], Any], dict[str, Any]]  # (state, source config) -> state
     description: str = ""
+    # Distributions whose versions decide which source tensor lands where (e.g. "diffusers"): a
+    # converter that names them gets its traced plan cached (registry.streaming.plan_cache).
+    plan_depends_on: tuple[str, ...] = ()
 
 
 _CONVERTERS: dict[str, Converter] = {}
 
 
 def register_converter(
-    name: str, *, source_family: str, target_family: str, exact: bool, target_config: Callable[[Any], Any], description: str = ""
+    name: str, *, source_family: str, target_family: str, exact: bool, target_config: Callable[[Any], Any], description: str = "",
+    plan_depends_on: tuple[str, ...] = (),
 ) -> Callable[[Callable], Callable]:
-    """Decorator for a state-dict conversion function `(state_dict, source_config) -> state_dict`."""
+    """Decorator for a state-dict conversion function `(state_dict, source_config) -> state_dict`.
+
+    A function that only renames, reshapes or slices its input tensors is streamed (see
+    `registry.streaming.plan`); `plan_depends_on` names the distributions its mapping depends on.
+    """
 
     def decorate(convert: Callable) -> Callable:
-        _CONVERTERS[name] = Converter(name, source_family, target_family, exact, target_config, convert, description)
+        _CONVERTERS[name] = Converter(name, source_family, target_family, exact, target_config, convert, description,
+                                      tuple(plan_depends_on))
         return convert
 
     return decorate

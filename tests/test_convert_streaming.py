@@ -10,7 +10,11 @@ torch file, a converter that computes) must still convert.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import zipfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -27,6 +31,13 @@ from registry.store.variants import init_builtin_variants
 from registry.streaming import LazyTensor, NotStreamable, lazy_tensors, trace_conversion, write_safetensors
 
 PREFIX = "model.diffusion_model."
+
+
+@pytest.fixture(autouse=True)
+def plan_cache(tmp_path, monkeypatch) -> Path:
+    """Each test its own plan cache (never the user's)."""
+    monkeypatch.setenv("REGISTRY_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path / "cache"
 
 
 @pytest.fixture(scope="module")
@@ -181,3 +192,39 @@ def test_a_reader_can_supply_tensors_that_load_themselves(tmp_path):
     with pytest.raises(ValueError, match="w: 8 bytes loaded, 60 expected"):
         write_safetensors(tmp_path / "bad.safetensors", [LazyTensor.of("w", (3, 5), "float32", load=lambda: b"12345678")])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["assembled.safetensors"]  # no temporary file left
+
+
+def test_a_second_convert_of_the_same_layout_reuses_the_traced_plan_without_diffusers(db, tmp_path, plan_cache):
+    source = tmp_path / "sd.ckpt"
+    torch.save(sd_file_state(ldm_state(seed=4)), source)
+    no_diffusers = tmp_path / "site" / "diffusers"
+    no_diffusers.mkdir(parents=True)
+    (no_diffusers / "__init__.py").write_text("raise ImportError('diffusers is not importable here')\n")
+    registry = str(Path(sys.executable).with_name("registry"))
+
+    def run(out: str, **env: str) -> subprocess.CompletedProcess:
+        return subprocess.run([registry, "--db", db, "convert", str(source), "--to", "diffusers-unet/tiny", "-o",
+                               str(tmp_path / out)], capture_output=True, text=True, timeout=300,
+                              env={**os.environ, "REGISTRY_CACHE_DIR": str(plan_cache), **env})
+
+    first = run("first.safetensors")
+    assert first.returncode == 0, first.stderr
+    assert len(list((plan_cache / "plans").iterdir())) == 1
+    blocked = {"PYTHONPATH": str(tmp_path / "site")}
+    again = run("again.safetensors", **blocked)
+    assert again.returncode == 0, again.stderr
+    assert (tmp_path / "again.safetensors").read_bytes() == (tmp_path / "first.safetensors").read_bytes()
+    control = run("control.safetensors", REGISTRY_PLAN_CACHE="0", **blocked)  # the fake really blocks diffusers
+    assert control.returncode != 0 and not (tmp_path / "control.safetensors").exists()
+
+
+def test_an_unreadable_cached_plan_is_traced_again(db, tmp_path, plan_cache):
+    source = tmp_path / "sd.ckpt"
+    torch.save(sd_file_state(ldm_state(seed=5)), source)
+    convert(db, source, tmp_path / "one.safetensors")
+    [cached] = (plan_cache / "plans").iterdir()
+    cached.write_text('{"format": 1, "rows": [["x", "nowhere", [1], 0, 4]]}')  # a plan for other tensors
+    assert convert(db, source, tmp_path / "two.safetensors")["streamed"] is True
+    cached.write_text("not json")
+    assert convert(db, source, tmp_path / "three.safetensors")["streamed"] is True
+    assert_same_tensors(tmp_path / "three.safetensors", diffusers_reference(source))

@@ -11,6 +11,8 @@ byte range of a file (copied by the kernel, never through Python memory) or a `l
   learned by running a state-dict converter once on meta tensors (`NotStreamable` if it computes).
 - `write_safetensors(path, tensors, ...)`: header first, then each tensor's bytes, one fsync,
   atomic rename; memory stays flat whatever the file's size.
+- `plan_cache.cached_plan(...)`: a traced plan kept on disk for the next checkpoint of the same
+  layout (keyed by converter code, versions, entries and config).
 
 Importing this package imports neither torch nor numpy; only `trace_conversion` and the
 `load()` fallbacks do.
