@@ -41,6 +41,8 @@ def _render(path: str, result: Any, prefix: str) -> None:
         click.echo("fixed by --fix: " + ", ".join(f"{k}={json.dumps(v)}" for k, v in result.to_json()["fixed"].items()))
     if result.declared_choices:
         click.echo("searched among the family's declared choices: " + ", ".join(result.declared_choices))
+    if result.not_searched:
+        click.echo("not searched (floats, free strings, mappings: kept as shown): " + ", ".join(result.not_searched))
 
 
 @click.command("infer")

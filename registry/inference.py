@@ -14,11 +14,11 @@ accelerator); this solver needs none.
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Mapping
 
+from .config_types import plain
 from .errors import UsageError
 from .inference_search import Evaluator, OutOfBudget, Search, alternatives
 from .inference_space import INT, INT_SEQ, Space, dimension_pool, flatten, search_space
@@ -46,8 +46,8 @@ class UndeterminedField:
     admissible: tuple[Any, ...]
 
     def to_json(self) -> dict[str, Any]:
-        return {"field": self.field, "value": _plain(self.value), "source": self.source,
-                "admissible": [_plain(v) for v in self.admissible]}
+        return {"field": self.field, "value": plain(self.value), "source": self.source,
+                "admissible": [plain(v) for v in self.admissible]}
 
 
 @dataclass
@@ -73,7 +73,7 @@ class InferenceResult:
 
     def config_values(self) -> dict[str, Any]:
         """The config as plain JSON values (nested dataclasses as mappings)."""
-        return _plain(self.config)
+        return plain(self.config)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -89,24 +89,10 @@ class InferenceResult:
             "undetermined": [u.to_json() for u in self.undetermined],
             "declared_choices": self.declared_choices,
             "not_searched": self.not_searched,
-            "fixed": {k: _plain(v) for k, v in self.fixed.items()},
+            "fixed": {k: plain(v) for k, v in self.fixed.items()},
             "budget_exhausted": self.budget_exhausted,
             "diff": self.diff.to_json() if self.diff else None,
         }
-
-
-def _plain(value: Any) -> Any:
-    import enum
-
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, enum.Enum):
-        return _plain(value.value)
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    return value
 
 
 def _nested(flat: Mapping[str, Any]) -> dict[str, Any]:

@@ -134,6 +134,9 @@ BUILTIN_CASES = {
     "ctvit/tiny": ("ctvit", "tiny"),
     "ldm-unet/tiny": ("ldm-unet", "tiny"),
     "diffusers-unet/tiny": ("diffusers-unet", "tiny"),
+}
+# Configs no built-in variant has, and the full-size variants: slower, CI runs them.
+SLOW_CASES = {
     "ctvit: flash attention, no decoder, 3 heads of 16, depths 2 and 1": ("ctvit", dict(
         dim=48, codebook_size=32, image_size=24, patch_size=6, temporal_patch_size=3, spatial_depth=2,
         temporal_depth=1, dim_head=16, heads=3, use_flash_attention=True, with_decoder=False, use_rms_norm=True)),
@@ -144,8 +147,6 @@ BUILTIN_CASES = {
         block_out_channels=(32, 64, 64), down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"), layers_per_block=1,
         cross_attention_dim=24, use_linear_projection=True, transformer_layers_per_block=2, sample_size=16)),
-}
-SLOW_CASES = {
     "ctvit/baseline-gan": ("ctvit", "baseline-gan"),
     "ldm-unet/sd15": ("ldm-unet", "sd15"),
     "diffusers-unet/sd15": ("diffusers-unet", "sd15"),
@@ -175,20 +176,16 @@ def test_builtin_families_without_their_hooks(case):
     family, target = _builtin_target(*BUILTIN_CASES[case])
     result = _check_against_hook(family, target)
     assert result.builds <= 200
+    if family.name == "diffusers-unet":  # block type names are free strings: the family declares them
+        assert {"down_block_types", "up_block_types", "mid_block_type"} <= set(result.declared_choices)
+        assert result.config.down_block_types == ("CrossAttnDownBlock2D", "DownBlock2D")
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("case", list(SLOW_CASES))
-def test_builtin_full_size_without_their_hooks(case):
+def test_builtin_families_elsewhere_without_their_hooks(case):
     family, target = _builtin_target(*SLOW_CASES[case])
     _check_against_hook(family, target)
-
-
-def test_diffusers_block_types_come_from_the_declared_choices():
-    family, target = _builtin_target("diffusers-unet", "tiny")
-    result = infer_config(family, target)
-    assert {"down_block_types", "up_block_types", "mid_block_type"} <= set(result.declared_choices)
-    assert result.config.down_block_types == ("CrossAttnDownBlock2D", "DownBlock2D")
 
 
 # --- the command line, from the user's project folder ------------------------------------------
@@ -268,3 +265,20 @@ def test_match_reports_inferred_for_a_loaded_class_family(user_project, saved_gp
         n_layer=2, n_embd=48, vocab_size=40, block_size=8)
     assert any(w.startswith("n_head is not decided by the checkpoint: 12 is kept (default)") for w in result.warnings)
     assert result.suggestions[0].startswith("registry variants add gpt/NAME --class mymodels.nets:GPT --set ")
+
+
+@pytest.mark.slow
+def test_single_file_checkpoint_infers_the_sub_model_the_family_fits(tmp_path):
+    """A Stable-Diffusion-style file: the UNet under `model.diffusion_model.` beside a VAE entry."""
+    import torch
+
+    from registry.inference import infer_checkpoint
+    from registry.readers import read_checkpoint
+
+    family, target = _builtin_target("ldm-unet", dict(
+        image_size=16, model_channels=32, num_res_blocks=2, attention_resolutions=(1,), channel_mult=(1, 2), context_dim=40))
+    state = {"model.diffusion_model." + e.name: torch.zeros(e.shape) for e in target}
+    state["first_stage_model.encoder.conv_in.weight"] = torch.zeros(8, 3, 3, 3)
+    torch.save({"state_dict": state, "global_step": 5}, tmp_path / "sd.ckpt")
+    result, prefix = infer_checkpoint(read_checkpoint(tmp_path / "sd.ckpt"), family)
+    assert prefix == "model.diffusion_model." and result.exact and result.fingerprint == target.fingerprint
