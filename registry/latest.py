@@ -127,6 +127,8 @@ def _deepspeed_latest(root: Path) -> FoundCheckpoint | None:
 
 def is_checkpoint_folder(folder: Path) -> bool:
     """True when `folder` is one checkpoint (it holds a model weights file or a sharded index)."""
+    if (folder / "pytorch_model_fsdp_0" / ".metadata").is_file():  # accelerate's SHARDED_STATE_DICT (DCP)
+        return True
     return folder.is_dir() and any(_WEIGHTS_FILE.search(entry.name) for entry in folder.iterdir())
 
 

@@ -357,6 +357,7 @@ def test_an_accelerate_fsdp_checkpoint_is_its_checkpoint_folder(tmp_path):
     assert info.fingerprint == read_checkpoint(_saved(tmp_path, model)).fingerprint
     assert all(torch.equal(load_state_dict(info)[k], v) for k, v in model.state_dict().items())
     assert latest_checkpoint(tmp_path).path == root
+    assert (latest_checkpoint(root).path, latest_checkpoint(root).step) == (root, 3)  # --resume checkpoint-3
     assert find_checkpoints(str(tmp_path)) == ([str(root), str(tmp_path / "single.pt")], [])
 
 
