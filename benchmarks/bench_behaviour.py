@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -82,20 +83,29 @@ def check_costs(repeats: int) -> dict:
     return out
 
 
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def init_costs(repeats: int) -> dict:
+    """Wall and CPU seconds (medians) of `registry init` with and without digests. CPU time is the
+    steadier figure on a machine shared with other jobs."""
     out = {}
     for label, prelude in (("with_digests", ""), ("without_digests", NO_DIGESTS)):
-        times = []
+        wall, cpu = [], []
         for _ in range(repeats):
             with tempfile.TemporaryDirectory() as folder:
                 env = {**os.environ, "REGISTRY_DB": f"sqlite:///{folder}/registry.db"}
                 code = prelude + "from registry.command.cli import main; main(['init'], prog_name='registry')"
-                started = time.perf_counter()
+                started, cpu_before = time.perf_counter(), _children_cpu()
                 done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
-                times.append(time.perf_counter() - started)
+                wall.append(time.perf_counter() - started)
+                cpu.append(_children_cpu() - cpu_before)
                 if done.returncode != 0:
                     raise SystemExit(f"registry init failed: {done.stderr}")
-        out[label] = statistics.median(times)
+        out[label] = statistics.median(wall)
+        out[label + "_cpu"] = statistics.median(cpu)
     return out
 
 
@@ -181,7 +191,9 @@ def main() -> int:
           f"{check['no_behaviour']:.2f} s with --no-behaviour (+{check['with_behaviour'] - check['no_behaviour']:.2f} s)")
     init = figures["init"]
     print(f"`registry init` (whole process, fresh SQLite): {init['with_digests']:.2f} s with digests, "
-          f"{init['without_digests']:.2f} s without ({init['with_digests'] / init['without_digests']:.2f}x)")
+          f"{init['without_digests']:.2f} s without ({init['with_digests'] / init['without_digests']:.2f}x); "
+          f"CPU {init['with_digests_cpu']:.2f} s vs {init['without_digests_cpu']:.2f} s "
+          f"(+{init['with_digests_cpu'] - init['without_digests_cpu']:.2f} s)")
     noise = figures["noise_and_signal"]
     worst = max(noise["threads_unpinned"].items(), key=lambda kv: kv[1] or 0)
     print(f"1 vs 2 threads, probe not pinned: largest digest difference {worst[1]:.1e} ({worst[0]}); "
