@@ -121,7 +121,8 @@ def convert_command(ctx: click.Context, path: str, to: str, output: str, renames
     Uses a registered converter (e.g. ldm-unet -> diffusers-unet) or your --rename rules, checks the
     result's fingerprint against TO before writing, writes atomically and records the conversion.
     A .safetensors output is streamed from the source file (memory stays flat); on a terminal a
-    progress bar shows on stderr. The output's folder must exist.
+    progress bar shows on stderr. The output's folder must exist. The name mapping a converter
+    produces is cached per layout (REGISTRY_CACHE_DIR moves it, REGISTRY_PLAN_CACHE=0 turns it off).
 
     \b
     Examples:

@@ -160,7 +160,10 @@ def _streamed_tensors(info: CheckpointInfo, method: Method, allow_unsafe: bool) 
     try:
         tensors = lazy_tensors(info, allow_unsafe=allow_unsafe)
         if method.renames is not None:
-            return rename_tensors(tensors, method.renames.rename)
+            try:
+                return rename_tensors(tensors, method.renames.rename)
+            except ValueError as exc:  # two names mapped onto one
+                raise UsageError(f"--rename {exc}") from None
         cut = len(method.prefix)
         inner = {name[cut:]: t.renamed(name[cut:]) for name, t in tensors.items() if name.startswith(method.prefix)}
         if method.converter is None:
@@ -169,8 +172,6 @@ def _streamed_tensors(info: CheckpointInfo, method: Method, allow_unsafe: bool) 
         return apply_plan(cached_plan(method.converter, inner, method.source_config, config_text), inner)
     except NotStreamable:
         return None
-    except ValueError as exc:  # two names mapped onto one
-        raise UsageError(f"--rename {exc}") from None
 
 
 def output_path(source: Path, output: str) -> Path:
