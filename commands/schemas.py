@@ -42,6 +42,9 @@ def families_command(as_json: bool) -> None:
 @click.argument("family")
 @click.option("--variant", "variant_name", help="Start from a built-in variant's config (e.g. baseline or ctvit/baseline).")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML or JSON file of config values.")
+@click.option("--config-key", "config_key", metavar="A.B", help="Dotted key path of the config inside --config.")
+@click.option("--config-class", "config_class", metavar="PKG.MODULE:CONFIG",
+              help="With a class as FAMILY: the config object its constructor takes.")
 @click.option("--set", "assignments", multiple=True, metavar="KEY=VALUE", help="Override one config value (repeatable).")
 @click.option("--entries", is_flag=True, help="Print every tensor entry.")
 @json_option
@@ -49,21 +52,27 @@ def schema_command(
     family: str,
     variant_name: str | None,
     config_file: str | None,
+    config_key: str | None,
+    config_class: str | None,
     assignments: tuple[str, ...],
     entries: bool,
     as_json: bool,
 ) -> None:
-    """Build FAMILY on the meta device and print its schema fingerprint.
+    """Build FAMILY on the meta device and print its schema fingerprint. FAMILY may be a model
+    class named by import path (`pkg.module:Class`).
 
     \b
     Examples:
       registry schema ctvit --variant baseline
       registry schema ctvit --set dim=64 --set use_rms_norm=true --json
+      registry schema src.models.vit:ViT --config configs/base.yaml --config-key model.image_encoder
     """
     from registry.reporting import schema_report
     from registry.configs import config_from_options
 
-    fam, config = config_from_options(family, variant_name, config_file, assignments)
+    fam, config = config_from_options(None if config_class else family, variant_name, config_file, assignments,
+                                      config_key=config_key, config_class=config_class,
+                                      class_target=family if config_class else None)
     report = schema_report(fam, config)
     if as_json:
         emit_json(report)

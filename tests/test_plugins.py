@@ -206,6 +206,9 @@ def test_class_families_from_the_command_line(tmp_path):
                        "--config-class", "models.gpt:GPTConfig", "--set", "n_head=4")
     assert (unknown.returncode, unknown.stderr.splitlines()[0]) == (
         2, "error: unknown config key for family 'models.gpt:GPT': n_head")
+    schema = registry(tmp_path, "schema", "models.gpt:GPT", "--config-class", "models.gpt:GPTConfig",
+                      "--config", "configs/gpt.yaml", "--config-key", "model", "--json")
+    assert json.loads(schema.stdout)["fingerprint"] == shown["versions"][0]["fingerprint"]
     hydra = registry(tmp_path, "--db", db, "schema", "models.vit:ViT", "--set", "dim=8")
     assert hydra.returncode == 2
     assert hydra.stderr.splitlines()[0] == "error: missing required config key for family 'models.vit:ViT': depth"
