@@ -14,6 +14,7 @@ Exit codes (DESIGN §7): 0 success or match; 1 a negative answer (no match, ambi
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import click
@@ -56,7 +57,9 @@ def main(ctx: click.Context, debug: bool, db: str | None, plugins: tuple[str, ..
       registry fingerprint ckpt.pt
     """
     ctx.obj = {"debug": debug, "db": db}
-    if plugins:  # imported when a command first needs the families (registry/plugins.py)
+    # Loaded when a command first needs the families (registry/plugins.py); this invocation's
+    # --plugin list replaces an earlier one's (several invocations in one process: tests).
+    if plugins or "registry.plugins" in sys.modules:
         from registry.plugins import request_plugins
 
         request_plugins(plugins)

@@ -37,10 +37,9 @@ _projects_done: set[str] = set()
 
 
 def request_plugins(modules: list[str] | tuple[str, ...]) -> None:
-    """Modules named with `--plugin` (loaded by the next `load_plugins`)."""
-    for module in modules:
-        if module not in _requested:
-            _requested.append(module)
+    """The modules named with `--plugin` (loaded by the next `load_plugins`); replaces the list an
+    earlier command line gave (families already loaded stay loaded)."""
+    _requested[:] = dict.fromkeys(modules)
 
 
 def load_plugins() -> None:
