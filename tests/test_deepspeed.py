@@ -204,3 +204,11 @@ def test_a_payload_in_the_model_states_is_refused_and_never_runs(tmp_path):
         read_checkpoint(tmp_path / "global_step1")
     refused(tmp_path / "global_step1", "calls posix.system")
     assert not marker.exists()
+
+
+def test_a_save_dir_without_zero_to_fp32_is_found_by_its_latest_file(tmp_path):
+    write_states(tmp_path / "global_step7" / "mp_rank_00_model_states.pt")  # ZeRO off: no recovery script
+    (tmp_path / "latest").write_text("global_step7")
+    info = read_checkpoint(tmp_path)
+    assert (info.format, info.fingerprint, info.step) == ("deepspeed-folder", MODEL_FINGERPRINT, 7)
+    assert info.metadata["deepspeed"]["zero_stage"] is None  # no ds_config: the stage is not guessed

@@ -36,10 +36,18 @@ _NOT_METADATA = ("module", "param_shapes", "frozen_param_shapes", "frozen_param_
                  "buffer_names", "optimizer", "lr_scheduler", "data_sampler", "random_ltd", "ds_config")
 
 
-def is_deepspeed_folder(names: list[str] | set[str]) -> bool:
-    """Whether a folder's names are a DeepSpeed save_dir (`latest`) or tag folder (model states)."""
-    return any(MODEL_STATES.match(n) or PIPELINE_STATES.match(n) for n in names) or (
-        LATEST_FILE in names and any(n.startswith("zero_to_fp32") for n in names))
+def is_deepspeed_folder(folder: str, names: list[str] | set[str]) -> bool:
+    """Whether `folder` (holding `names`) is a DeepSpeed tag folder (model states) or save_dir
+    (a `latest` file naming a tag folder that holds model states)."""
+    if any(MODEL_STATES.match(n) or PIPELINE_STATES.match(n) for n in names):
+        return True
+    if LATEST_FILE not in names:
+        return False
+    try:
+        tag, _ = tag_folder(folder)
+        return tag != folder and any(MODEL_STATES.match(n) or PIPELINE_STATES.match(n) for n in os.listdir(tag))
+    except (FormatError, OSError):
+        return any(n.startswith("zero_to_fp32") for n in names)  # DeepSpeed's, with a broken `latest`
 
 
 def tag_folder(path: str) -> tuple[str, str | None]:

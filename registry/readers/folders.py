@@ -81,11 +81,10 @@ def _distributed_checkpoint(folder: str, names: list[str], allow_unsafe: bool, l
         from .dcp import read_dcp
 
         return read_dcp(folder, allow_unsafe=allow_unsafe, limits=limits)
-    if any(n.endswith("_model_states.pt") for n in names) or ("latest" in names and any(
-            n.startswith("zero_to_fp32") for n in names)):
+    if "latest" in names or any(n.endswith("_model_states.pt") for n in names):
         from .deepspeed import is_deepspeed_folder, read_deepspeed
 
-        if is_deepspeed_folder(names):
+        if is_deepspeed_folder(folder, names):
             return read_deepspeed(folder, allow_unsafe=allow_unsafe, limits=limits)
     inner = os.path.join(folder, _FSDP_MODEL)
     if _FSDP_MODEL in names and not any(_WEIGHTS.match(n) for n in names) and os.path.isdir(inner):
