@@ -133,3 +133,30 @@ def test_a_failed_recording_leaves_no_output_file(db, source, tmp_path, suffix):
     assert "Traceback" not in done.stderr and len(done.stderr.splitlines()) <= 2
     assert list(out.iterdir()) == []  # neither the output nor its temporary file
     assert recorded(db) == []
+
+
+def test_a_terminal_sees_progress_and_a_pipe_sees_none(db, source, tmp_path):
+    import pty
+
+    quiet = convert(db, source, str(tmp_path / "quiet.safetensors"))
+    assert (quiet.returncode, quiet.stderr) == (0, "")
+    leader, follower = pty.openpty()
+    try:
+        shown = subprocess.run([REGISTRY, "--db", db, "convert", str(source), "--to", "ctvit/tiny", "-o",
+                                str(tmp_path / "shown.safetensors")], stdout=subprocess.PIPE, stderr=follower,
+                               text=True, timeout=300)
+        os.close(follower)
+        seen = b""
+        while True:
+            try:
+                chunk = os.read(leader, 1 << 16)
+            except OSError:  # EIO: the terminal's other side is closed and drained
+                break
+            if not chunk:
+                break
+            seen += chunk
+    finally:
+        os.close(leader)
+    assert shown.returncode == 0
+    text = seen.decode("utf-8", "replace")
+    assert "reading..." in text and "matching..." in text and "writing" in text and "100%" in text
