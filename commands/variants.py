@@ -62,7 +62,7 @@ def variants_show_command(ctx: click.Context, name: str, entries: bool, as_json:
         emit_json(data)
         return
     click.echo(f"variant      {variant.name}")
-    click.echo(f"family       {variant.family}")
+    click.echo(f"family       {variant.family}" + (f"  ({variant.family_source})" if variant.family_source else ""))
     click.echo(f"description  {variant.description}")
     click.echo(f"config       {variant.config_json}")
     echo_table(["version", "fingerprint", "entries", "code revision", "created"],
