@@ -250,6 +250,14 @@ def get_family(name: str) -> Family:
     raise FamilyNotLoadedError(f"unknown family {name!r}", hint=f"known families: {known}")
 
 
+def class_family(target: str, *, config_class: str | type | None = None) -> Family:
+    """The class family of `target` (`pkg.module:Class`), registered on first use; see
+    `registry.class_family.class_family` for what is raised."""
+    from .class_family import class_family as resolve
+
+    return resolve(target, config_class=config_class)
+
+
 def family_of_variant(family_name: str, family_source: str | None) -> Family:
     """The family that builds a registered variant, using its recorded source for a class family
     whose config class was named explicitly. Raises like `get_family`."""
