@@ -21,16 +21,28 @@ import click
 
 # Absolute imports: `python cli.py` (the benchmarks' fallback) runs this file as a script.
 from registry.command.commands import audit, database, inference, matching, schemas, training, variants, web
-from registry.command.commands._output import debug_enabled
+from registry.command.commands._output import debug_enabled, hoist_global_options, note_global_options
 from registry.errors import RegistryError
+from registry.interrupts import EXIT_INTERRUPTED, interrupts_deferred_during_native_imports
 
 
 class RegistryGroup(click.Group):
-    """Turns `RegistryError` into one line on stderr (plus its details and a hint) and its exit code."""
+    """Turns `RegistryError` into one line on stderr (plus its details and a hint) and its exit
+    code, Ctrl-C into exit 130, and takes its own options after a command name too."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        note_global_options(self)
+        return super().parse_args(ctx, hoist_global_options(self, args))
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
-            return super().invoke(ctx)
+            with interrupts_deferred_during_native_imports():
+                return super().invoke(ctx)
+        except KeyboardInterrupt:
+            if debug_enabled():
+                raise
+            click.echo("interrupted", err=True)
+            ctx.exit(EXIT_INTERRUPTED)
         except RegistryError as exc:
             if debug_enabled():
                 raise

@@ -56,3 +56,55 @@ def short_fingerprint(fingerprint: str | None) -> str:
     from registry.schema import short_form
 
     return short_form(fingerprint) if fingerprint else "-"
+
+
+# --- global options after the command name -----------------------------------------------------
+
+
+def _global_options(group: click.Group) -> dict[str, click.Option]:
+    """The group's own options a user may also write after a command (`--db`, `--debug`, ...),
+    by every spelling; eager ones (`--help`, `--version`) stay where they are."""
+    found: dict[str, click.Option] = {}
+    for param in group.params:
+        if isinstance(param, click.Option) and not param.is_eager:
+            for name in (*param.opts, *param.secondary_opts):
+                found[name] = param
+    return found
+
+
+def hoist_global_options(group: click.Group, args: list[str]) -> list[str]:
+    """`args` with the group's own options moved in front of the command name, so
+    `registry db upgrade --db URL` means `registry --db URL db upgrade` (the README, hints and
+    help examples write it both ways). Stops at `--`; an option's value moves with it."""
+    options = _global_options(group)
+    hoisted: list[str] = []
+    rest: list[str] = []
+    i = 0
+    while i < len(args):
+        token = args[i]
+        if token == "--":
+            rest.extend(args[i:])
+            break
+        name = token.split("=", 1)[0] if token.startswith("--") else token
+        option = options.get(name)
+        if option is None:
+            rest.append(token)
+        elif option.is_flag or option.count or "=" in token or i + 1 == len(args):
+            hoisted.append(token)
+        else:
+            hoisted.extend(args[i:i + 2])
+            i += 1
+        i += 1
+    return hoisted + rest
+
+
+def note_global_options(group: click.Group) -> None:
+    """Say in every command's help that the group's options may follow it (see above)."""
+    names = ", ".join(sorted({o.opts[0] for o in _global_options(group).values()}))
+    stack: list[click.Command] = list(group.commands.values())
+    while stack:
+        command = stack.pop()
+        if command.epilog is None:
+            command.epilog = f"Global options ({names}) may come before or after the command name."
+        if isinstance(command, click.Group):
+            stack.extend(command.commands.values())

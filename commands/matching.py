@@ -16,7 +16,18 @@ def _match(ctx: click.Context, path: str, family: str | None, variant: str | Non
 
     info = read_checkpoint(path, allow_unsafe=allow_unsafe)
     with open_registry_from(ctx, readonly=True) as reg:
+        _check_scope(reg, family, variant)
         return info, match_checkpoint(reg, info, family=family, variant=variant)
+
+
+def _check_scope(reg: Any, family: str | None, variant: str | None) -> None:
+    """A --family or --variant that names nothing is a usage error (exit 2), not "no match"."""
+    if variant is not None:
+        reg.require_variant(variant)
+    if family is not None and not reg.list_variants(family):
+        from registry.families import get_family
+
+        get_family(family)  # a family without registered variants may still infer a config
 
 
 def _render_match(path: str, result: Any) -> None:
@@ -32,7 +43,7 @@ def _render_match(path: str, result: Any) -> None:
     elif result.status == "ambiguous":
         click.echo(f"ambiguous: {len({c.variant for c in result.candidates})} variants build this schema")
         for c in result.candidates:
-            click.echo(f"  {c.variant} (schema version {c.schema_version}){' prefix ' + c.prefix if c.prefix else ''}")
+            click.echo(f"  {c.variant} (schema version {c.version}){' prefix ' + c.prefix if c.prefix else ''}")
     else:
         click.echo(f"none: no registered build loads {path} (fingerprint {short_form(result.fingerprint)})")
         for c in result.candidates:
@@ -93,7 +104,10 @@ def resolve_command(ctx: click.Context, path: str, family: str | None, variant: 
 
     _, result = _match(ctx, path, family, variant, allow_unsafe)
     if not result.loadable:
-        _render_match(path, result)
+        if as_json:
+            emit_json({"path": path, **result.to_json()})
+        else:
+            _render_match(path, result)
         ctx.exit(result.exit_code)
     text = resolution_document(result, as_json=as_json or bool(output and output.endswith(".json")))
     if output:

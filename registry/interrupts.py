@@ -1,0 +1,59 @@
+"""Ctrl-C that ends a command cleanly: exit 130, never a C++ abort.
+
+Python turns SIGINT into `KeyboardInterrupt` at the next bytecode, wherever that is. Inside the
+import of torch that is sometimes Python code that torch's C++ start-up called (`import torch`
+runs `torch._C._c10d_init()`, which imports Python modules): the exception then crosses C++ that
+cannot pass it on and the process aborts with `terminate called after throwing an instance of
+'pybind11::error_already_set'` (exit 134, about one Ctrl-C in 20 during a `registry scan` that
+imports torch half-way). `interrupts_deferred_during_native_imports` holds such a SIGINT back
+until the import is done and raises it then, in plain Python code.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+# sysexits-style "terminated by SIGINT" (128 + 2): what a shell reports after Ctrl-C.
+EXIT_INTERRUPTED = 130
+# Packages whose import runs C++ that calls back into Python.
+_NATIVE_PACKAGES = ("torch",)
+_RETRY_SECONDS = 0.05
+
+
+def _native_import_running() -> bool:
+    """True while a module of a native package is half-imported (its `__spec__._initializing`)."""
+    for name, module in list(sys.modules.items()):
+        if name.split(".", 1)[0] in _NATIVE_PACKAGES:
+            spec = getattr(module, "__spec__", None)
+            if spec is not None and getattr(spec, "_initializing", False):
+                return True
+    return False
+
+
+def _raise_when_safe(_signum: int, _frame: Any) -> None:
+    if not _native_import_running():
+        raise KeyboardInterrupt
+    # Ask again shortly with a real SIGINT to the main thread (it also ends a blocking call there).
+    timer = threading.Timer(_RETRY_SECONDS, signal.pthread_kill, (threading.main_thread().ident, signal.SIGINT))
+    timer.daemon = True
+    timer.start()
+
+
+@contextmanager
+def interrupts_deferred_during_native_imports() -> Iterator[None]:
+    """For the duration of the block, a SIGINT raises `KeyboardInterrupt` as usual, except while
+    torch is being imported, when it is raised as soon as that import has finished. Does nothing
+    outside the main thread or when SIGINT is ignored (a background job); restores the previous
+    handler on exit."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, _raise_when_safe)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)

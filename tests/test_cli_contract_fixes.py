@@ -1,0 +1,207 @@
+"""The failures of issue 13 ("Every command keeps the contract"), each as a user meets it: a plain
+state dict two variants build, `--db` after the command name, an unknown `--family`, Ctrl-C."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from registry.catalog import get_builtin_variant
+from registry.command.cli import main
+from registry.families import get_family, make_config
+
+REGISTRY = str(Path(sys.executable).with_name("registry"))
+
+
+@pytest.fixture(scope="module")
+def initialised(tmp_path_factory) -> Path:
+    """One registry file with the built-in variants, copied by each test (`db`)."""
+    from registry.store import open_registry
+    from registry.store.variants import init_builtin_variants
+
+    path = tmp_path_factory.mktemp("initialised") / "registry.db"
+    with open_registry(f"sqlite:///{path}", upgrade=True) as reg:
+        init_builtin_variants(reg)
+    return path
+
+
+@pytest.fixture
+def db(initialised, tmp_path) -> str:
+    copy = tmp_path / "registry.db"
+    shutil.copy(initialised, copy)
+    return f"sqlite:///{copy}"
+
+
+def plain_state_dict(variant: str, path: Path, **changes) -> Path:
+    """A bare `torch.save(model.state_dict())` of a built-in variant: no registry metadata."""
+    spec = get_builtin_variant(variant)
+    family = get_family(spec.family)
+    torch.save(family.build(make_config(family, {**spec.config, **changes})).state_dict(), path)
+    return path
+
+
+def run(*args: str):
+    return CliRunner().invoke(main, list(args))
+
+
+def stderr_lines(result) -> list[str]:
+    return [line for line in result.stderr.splitlines() if line.strip()]
+
+
+# --- 1. an ambiguous schema: a listing and a hint, never a crash --------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_plain(tmp_path_factory) -> str:
+    return str(plain_state_dict("ctvit/tiny", tmp_path_factory.mktemp("plain") / "tiny.pt"))
+
+
+@pytest.mark.parametrize("command", [["match"], ["match", "--family", "ctvit"], ["resolve"]])
+def test_ambiguous_schema_lists_the_candidates_and_says_how_to_pick(db, tiny_plain, command):
+    result = run("--db", db, command[0], tiny_plain, *command[1:])
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output and result.exception is None or isinstance(result.exception, SystemExit)
+    assert result.stdout.splitlines() == [
+        "ambiguous: 2 variants build this schema",
+        "  ctvit/tiny (schema version 1)",
+        "  ctvit/tiny-swiglu (schema version 1)",
+    ]
+    assert stderr_lines(result) == [
+        "try: several variants build this schema (ctvit/tiny, ctvit/tiny-swiglu): choose one with --variant"]
+
+
+@pytest.mark.parametrize("command", ["match", "resolve"])
+def test_ambiguous_schema_as_json(db, tiny_plain, command):
+    result = run("--db", db, command, tiny_plain, "--json")
+    assert result.exit_code == 1, result.output
+    answer = json.loads(result.stdout)
+    assert answer["status"] == "ambiguous"
+    assert [c["variant"] for c in answer["candidates"]] == ["ctvit/tiny", "ctvit/tiny-swiglu"]
+
+
+def test_variant_picks_one_of_an_ambiguous_schema(db, tiny_plain):
+    result = run("--db", db, "resolve", tiny_plain, "--variant", "ctvit/tiny-swiglu", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["variant"] == "ctvit/tiny-swiglu"
+
+
+# --- 4. an unknown --family or --variant is a usage error --------------------------------------
+
+
+@pytest.mark.parametrize(("option", "message"), [
+    (["--family", "nofam"], "error: unknown family 'nofam'"),
+    (["--variant", "ctvit/nope"], "error: unknown variant 'ctvit/nope'"),
+])
+@pytest.mark.parametrize("command", ["match", "resolve"])
+def test_unknown_family_or_variant_is_a_usage_error(db, tiny_plain, command, option, message):
+    result = run("--db", db, command, tiny_plain, *option)
+    assert result.exit_code == 2, result.output
+    assert stderr_lines(result)[0] == message
+    assert result.stdout == ""
+
+
+# --- 2. --db (and --debug) after the command name ----------------------------------------------
+
+
+def test_db_after_the_command_name_as_the_hints_write_it(tmp_path):
+    url = f"sqlite:///{tmp_path / 'new.db'}"
+    upgraded = run("db", "upgrade", "--db", url)
+    assert upgraded.exit_code == 0, upgraded.output
+    assert upgraded.stdout.startswith(f"upgraded {url} from empty to ")
+    current = run("db", "current", "--json", f"--db={url}")
+    assert json.loads(current.stdout)["status"] == "current"
+    assert run("--db", url, "db", "current", "--json").stdout == current.stdout  # before still works
+
+
+def test_global_options_follow_any_command(db, tiny_plain):
+    info = run("info", "--json", "--db", db)
+    assert info.exit_code == 0, info.output
+    assert json.loads(info.stdout)["source"] == "--db"
+    matched = run("match", tiny_plain, "--debug", "--variant", "ctvit/tiny", "--db", db)
+    assert (matched.exit_code, matched.stdout.splitlines()[0]) == (0, "exact: ctvit/tiny (schema version 1)")
+    assert "may come before or after the command name" in " ".join(run("db", "upgrade", "--help").stdout.split())
+
+
+def test_an_option_value_after_double_dash_is_not_taken(db):
+    # `db downgrade -- -1` passes "-1" as the revision; "--db" after "--" would be an argument.
+    result = run("--db", db, "db", "downgrade", "--", "--db")
+    assert result.exit_code != 0 and "Traceback" not in result.output
+
+
+# --- 5. Ctrl-C: exit 130, no C++ abort, nothing half-written -----------------------------------
+
+
+def test_interrupt_during_a_torch_import_waits_for_the_import(monkeypatch):
+    """The mechanism behind "no C++ abort": a SIGINT while a torch module is half-imported is
+    raised only once that import is done (raising inside torch's C++ start-up aborts the process)."""
+    import types
+
+    from registry.interrupts import interrupts_deferred_during_native_imports
+
+    half_imported = types.ModuleType("torch._being_imported")
+    half_imported.__spec__ = types.SimpleNamespace(_initializing=True)
+    monkeypatch.setitem(sys.modules, "torch._being_imported", half_imported)
+    finished = None
+    with pytest.raises(KeyboardInterrupt):
+        with interrupts_deferred_during_native_imports():
+            os.kill(os.getpid(), signal.SIGINT)
+            deadline = time.monotonic() + 0.5
+            while time.monotonic() < deadline:  # still "importing": no KeyboardInterrupt here
+                time.sleep(0.01)
+            half_imported.__spec__._initializing = False
+            finished = time.monotonic()
+            time.sleep(2)
+    assert finished is not None, "raised while the import was still running"
+    assert time.monotonic() - finished < 1
+
+
+def _plain_folder(root: Path, count: int) -> Path:
+    """`count` bare state dicts of unregistered tiny CTViT configs: `scan` infers each one's
+    config, which imports torch part-way through the scan."""
+    for i in range(count):
+        folder = root / f"run{i:02d}"
+        folder.mkdir(parents=True)
+        plain_state_dict("ctvit/tiny", folder / "model.pt", dim=40 + 8 * (i % 4))
+    return root
+
+
+def _rows(db_path: Path) -> list[tuple]:
+    with sqlite3.connect(db_path) as con:
+        return con.execute("SELECT path, fingerprint, size FROM checkpoints ORDER BY path").fetchall()
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_scan_exits_130_and_leaves_whole_rows(initialised, tmp_path):
+    folder = _plain_folder(tmp_path / "runs", 12)
+    before = sorted(p.name for p in folder.rglob("*"))
+    outcomes = []
+    for attempt, delay in enumerate((0.05, 0.3, 0.8, 1.5, 2.5)):
+        db_path = tmp_path / f"r{attempt}.db"
+        shutil.copy(initialised, db_path)
+        process = subprocess.Popen([REGISTRY, "--db", f"sqlite:///{db_path}", "scan", str(folder)],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(1.0 + delay)  # past Python's start-up, into the scan (and its torch import)
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=60)
+        outcomes.append((process.returncode, err))
+        assert "Traceback" not in err and "terminate called" not in err, err
+        assert process.returncode in (0, 130), (process.returncode, err)
+        if process.returncode == 130:
+            assert err.strip().splitlines()[-1] == "interrupted"
+        assert sorted(p.name for p in folder.rglob("*")) == before  # scan never writes beside files
+        for path, fingerprint, size in _rows(db_path):  # every recorded row is whole
+            assert len(fingerprint) == 64 and size == os.path.getsize(path)
+        with sqlite3.connect(db_path) as con:
+            assert con.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    assert any(code == 130 for code, _ in outcomes), outcomes  # the signals did land mid-scan
