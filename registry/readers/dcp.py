@@ -80,8 +80,9 @@ def read_dcp(folder: str, *, allow_unsafe: bool, limits: Limits) -> CheckpointIn
     parsed = parse_metadata(folder, allow_unsafe=allow_unsafe, limits=limits)
     model, set_aside = split_other_state(parsed.tree)
     if not model:
-        raise FormatError("it holds no model tensors (only " + ", ".join(set_aside[:5]) + "): a DCP folder of "
-                          "optimizer or trainer state; pass the folder of the model")
+        what = f"only {', '.join(set_aside[:5])}" if set_aside else f"{len(parsed.objects)} non-tensor objects"
+        raise FormatError(f"it holds no model tensors ({what}): a DCP folder of optimizer or trainer state; "
+                          "pass the folder of the model")
     extra: dict[str, Any] = {"dcp": {"version": parsed.version, "shards": len(parsed.shards),
                                      "other_state": set_aside[:20]}}
     extra.update(_lightning_meta(folder, parsed.warnings, limits))
