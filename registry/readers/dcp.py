@@ -164,10 +164,10 @@ def parse_metadata(folder: str, *, allow_unsafe: bool, limits: Limits) -> Parsed
     try:
         root = machine.load()
     except FormatError:
-        findings.verdict(path, allow_unsafe=allow_unsafe, where=".metadata")
+        _verdict(findings, path, allow_unsafe)
         raise
     parsed = ParsedMetadata()
-    parsed.warnings = findings.verdict(path, allow_unsafe=allow_unsafe, where=".metadata")
+    parsed.warnings = _verdict(findings, path, allow_unsafe)
     fields = fields_of(root, "Metadata", "the .metadata pickle")
     entries = fields.get("state_dict_metadata")
     if type(entries) is not dict:
@@ -196,6 +196,18 @@ def parse_metadata(folder: str, *, allow_unsafe: bool, limits: Limits) -> Parsed
     _check_shards(parsed, folder, fields.get("storage_data"), limits)
     parsed.size_bytes += len(data)
     return parsed
+
+
+def _verdict(findings: Findings, path: str, allow_unsafe: bool) -> list[str]:
+    """`Findings.verdict`, naming the loader that would run the code: torch's DCP reader unpickles
+    `.metadata` with a plain `pickle.load`."""
+    from registry.errors import UnsafeCheckpointError
+
+    try:
+        return findings.verdict(path, allow_unsafe=allow_unsafe, where=".metadata")
+    except UnsafeCheckpointError as exc:
+        message = exc.message.replace("torch.load(weights_only=False)", "torch.distributed.checkpoint.load")
+        raise UnsafeCheckpointError(message, hint=exc.hint) from None
 
 
 def _read_capped(path: str, cap: int) -> bytes:
