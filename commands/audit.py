@@ -74,13 +74,16 @@ def runs_list_command(ctx: click.Context, variant: str | None, family: str | Non
 
 
 def _resumed_from(summary: Any) -> str:
-    """`RUN @ step N`, `checkpoint ID` (of no recorded run), or `-`; and how it was converted."""
+    """`RUN @ step N`, `PATH @ step N` (a checkpoint of no recorded run), or `-`; and how it was
+    converted."""
     text = "-"
+    at_step = f" @ step {summary.resumed_from_step}" if summary.resumed_from_step is not None else ""
     if summary.resumed_from_run_id:
-        step = summary.resumed_from_step
-        text = summary.resumed_from_run_id + (f" @ step {step}" if step is not None else "")
-    elif summary.run.resumed_from_checkpoint_id:
-        text = f"checkpoint {summary.run.resumed_from_checkpoint_id}"
+        text = summary.resumed_from_run_id + at_step
+    elif summary.resumed_from_path:
+        text = summary.resumed_from_path + at_step
+    elif summary.run.resumed_from_checkpoint_id:  # a row the registry no longer lists
+        text = f"checkpoint #{summary.run.resumed_from_checkpoint_id}"
     if summary.conversion is not None:
         text += f" (converted by {summary.conversion.method})"
     return text

@@ -85,11 +85,13 @@ class RunSummary:
     resumed_from_step: int | None
     conversion: Conversion | None  # how the run converted its starting checkpoint in memory
     depth: int  # how many resumes from the first run of its chain (0: it is the first)
+    resumed_from_path: str | None = None  # the checkpoint file it started from (None: not recorded)
 
     def to_json(self) -> dict[str, Any]:
         return {**self.run.as_dict(), "schema_version": self.schema_version, "first_step": self.first_step,
                 "last_step": self.last_step, "checkpoints": self.checkpoints,
                 "resumed_from_run_id": self.resumed_from_run_id, "resumed_from_step": self.resumed_from_step,
+                "resumed_from_path": self.resumed_from_path,
                 "conversion": self.conversion.to_json() if self.conversion else None, "depth": self.depth}
 
 
@@ -211,7 +213,7 @@ class _Graph:
             first_step=min(steps) if steps else None, last_step=max(steps) if steps else None,
             checkpoints=self.counts.get(run_id, 0), resumed_from_run_id=parent,
             resumed_from_step=source.step if source is not None else None, conversion=conversion,
-            depth=len(self.ancestors(run_id)),
+            depth=len(self.ancestors(run_id)), resumed_from_path=source.path if source is not None else None,
         )
 
 

@@ -205,3 +205,45 @@ def test_ctrl_c_during_scan_exits_130_and_leaves_whole_rows(initialised, tmp_pat
         with sqlite3.connect(db_path) as con:
             assert con.execute("PRAGMA integrity_check").fetchone() == ("ok",)
     assert any(code == 130 for code, _ in outcomes), outcomes  # the signals did land mid-scan
+
+
+# --- 6. an accelerate folder's step is in its name ---------------------------------------------
+
+
+def test_accelerate_folder_name_carries_the_step(db, tiny_plain, tmp_path):
+    from safetensors.torch import save_file
+
+    folder = tmp_path / "out" / "checkpoint-00005000"
+    folder.mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in torch.load(tiny_plain).items()}, folder / "model.safetensors")
+    (folder / "optimizer.bin").write_bytes(b"never read")
+    (folder / "random_states_0.pkl").write_bytes(b"never read")
+    fingerprinted = run("fingerprint", str(folder), "--json")
+    assert fingerprinted.exit_code == 0, fingerprinted.output
+    assert json.loads(fingerprinted.stdout)[0]["step"] == 5000
+    scanned = run("--db", db, "scan", str(folder.parent), "--json")
+    assert [c["step"] for c in json.loads(scanned.stdout)["checkpoints"]] == [5000]
+
+
+# --- 7. audit names the checkpoint a run resumed from by its path and step ---------------------
+
+
+def test_audit_names_a_resumed_checkpoint_by_path_and_step(db, tmp_path):
+    from registry.store import open_registry
+
+    source = str(tmp_path / "downloaded" / "ckpt.pt")
+    with open_registry(db) as reg:
+        row = reg.register_checkpoint(source, size=1234, mtime=1.0e9, format="torch-zip", container=None,
+                                      wrapper=None, prefix="", fingerprint="sha256:" + "b" * 64, step=4000,
+                                      run_id=None)
+        version = reg.latest_schema_version("ctvit/tiny")
+        run_id = reg.start_run("ctvit/tiny", schema_version_id=version.id, config={}, host="node1", user="me",
+                               resumed_from_checkpoint_id=row.id).id
+    text = run("--db", db, "audit")
+    assert text.exit_code == 0, text.output
+    line = next(line for line in text.stdout.splitlines() if line.lstrip().startswith(run_id))
+    assert line.endswith(f"{source} @ step 4000")
+    assert "checkpoint " not in line
+    as_json = json.loads(run("--db", db, "audit", "--json").stdout)
+    summary = next(r for chain in as_json["chains"] for r in chain["runs"] if r["id"] == run_id)
+    assert (summary["resumed_from_path"], summary["resumed_from_step"]) == (source, 4000)

@@ -68,6 +68,12 @@ def read_folder(folder: str, *, allow_unsafe: bool, limits: Limits) -> Checkpoin
     elif diffusers:
         info.format = "diffusers-folder"
     info.metadata.update(extra)
+    if info.step is None:  # accelerate's `checkpoint-00005000/`: the folder name carries the step
+        from .dcp import folder_step
+
+        step = folder_step(folder)
+        if step is not None:
+            info.metadata["step"] = step
     info.warnings[:0] = warnings
     return info
 
