@@ -65,9 +65,11 @@ def variants_show_command(ctx: click.Context, name: str, entries: bool, as_json:
     click.echo(f"family       {variant.family}" + (f"  ({variant.family_source})" if variant.family_source else ""))
     click.echo(f"description  {variant.description}")
     click.echo(f"config       {variant.config_json}")
-    echo_table(["version", "fingerprint", "entries", "code revision", "created"],
-               [[v.version, short_fingerprint(v.fingerprint), v.entry_count, (v.code_revision or "-")[:12],
-                 v.created_at.strftime("%Y-%m-%d %H:%M")] for v in versions])
+    from registry.behaviour import digest_label
+
+    echo_table(["version", "fingerprint", "entries", "behaviour", "code revision", "created"],
+               [[v.version, short_fingerprint(v.fingerprint), v.entry_count, digest_label(v.behaviour),
+                 (v.code_revision or "-")[:12], v.created_at.strftime("%Y-%m-%d %H:%M")] for v in versions])
     if schema is not None:
         for name_, shape, dtype in schema.as_rows():
             click.echo(f"  {name_}\t[{','.join(map(str, shape))}]\t{dtype}")

@@ -99,6 +99,16 @@ def behaviour_digest(family: Any, config: Any) -> dict[str, Any] | None:
     return {"format": DIGEST_FORMAT, "probe": probe, "outputs": outputs}
 
 
+def digest_label(digest: dict[str, Any] | None) -> str:
+    """A short label for a recorded digest, for tables: `probed`, `probed small` (at the family's
+    probe config), `probe failed`, or `-` (none: no probe, or recorded before digests)."""
+    if digest is None:
+        return "-"
+    if "failed" in digest:
+        return "probe failed"
+    return "probed small" if digest.get("probe", {}).get("config") is not None else "probed"
+
+
 def _error_text(exc: BaseException) -> str:
     text = f"{type(exc).__name__}: {exc}".splitlines()[0]
     return text[:300]
