@@ -54,6 +54,8 @@ def test_plugin_option_and_environment_variable_for_code_that_is_not_packaged(tm
     text = registry(tmp_path, "--plugin", "models.families", "families").stdout
     assert "myvit: the team's video transformer\n  source: --plugin: models.families\n" in text
     assert "myvit" not in families_json(tmp_path)  # nothing loads it
+    after = registry(tmp_path, "families", "--json", "--plugin", "models.families")  # after the command too
+    assert {row["name"]: row["source"] for row in json.loads(after.stdout)}["myvit"] == "--plugin: models.families"
 
 
 ACME = '''
