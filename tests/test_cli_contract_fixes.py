@@ -247,3 +247,47 @@ def test_audit_names_a_resumed_checkpoint_by_path_and_step(db, tmp_path):
     as_json = json.loads(run("--db", db, "audit", "--json").stdout)
     summary = next(r for chain in as_json["chains"] for r in chain["runs"] if r["id"] == run_id)
     assert (summary["resumed_from_path"], summary["resumed_from_step"]) == (source, 4000)
+
+
+# --- 8. pickle messages in a user's words -------------------------------------------------------
+
+
+class _CountedTokens:
+    """Pickles as `collections.Counter(["a", "a", "b"])`: a well-formed Counter built from elements."""
+
+    def __reduce__(self):
+        import collections
+
+        return collections.Counter, (["a", "a", "b"],)
+
+
+def test_a_counter_in_a_checkpoint_fingerprints(tmp_path):
+    path = tmp_path / "with_counts.pt"
+    torch.save({"model": {"w": torch.zeros(2, 3)}, "token_counts": _CountedTokens()}, path)
+    result = run("fingerprint", str(path), "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)[0]["entries"] == 1
+
+
+def _with_data_pkl(tmp_path: Path, name: str, record: bytes) -> Path:
+    """A torch zip checkpoint whose pickle record is `record`."""
+    import zipfile
+
+    base = tmp_path / "base.pt"
+    torch.save({"w": torch.zeros(2)}, base)
+    path = tmp_path / name
+    with zipfile.ZipFile(base) as src, zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as out:
+        for info in src.infolist():
+            out.writestr(info.filename, record if info.filename.endswith("/data.pkl") else src.read(info.filename))
+    return path
+
+
+@pytest.mark.parametrize(("record", "message"), [
+    (b"\x80\x02R.", "corrupt pickle: an opcode takes more values than the stack holds (REDUCE near byte 2)"),
+    (b"\x80\x02h\x05.", "corrupt pickle: it refers to a memo entry it never stored (BINGET near byte 2)"),
+])
+def test_a_corrupt_pickle_is_described_plainly(tmp_path, record, message):
+    path = _with_data_pkl(tmp_path, "corrupt.pt", record)
+    result = run("fingerprint", str(path))
+    assert result.exit_code == 3
+    assert stderr_lines(result) == [f"error: cannot read {path}: {message}"]

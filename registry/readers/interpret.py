@@ -66,22 +66,36 @@ def _dtype_of(value: Any) -> str | None:
 # --- containers ----------------------------------------------------------------------------------
 
 
-def _pairs(value: Any) -> dict:
+def _pairs(value: Any, func: Global) -> dict:
     if type(value) is dict:
         return dict(value)
     if type(value) in (list, tuple) and all(type(p) in (list, tuple) and len(p) == 2 for p in value):
         return {check_key(k): v for k, v in value}
-    raise FormatError("malformed dict construction in the pickle")
+    raise FormatError(f"unsupported {func.module}.{func.name} in the pickle: built from a {type(value).__name__}, "
+                      "not from a dict or key-value pairs")
 
 
-@_register("container", "collections.OrderedDict", "builtins.dict", "collections.Counter")
+@_register("container", "collections.OrderedDict", "builtins.dict")
 def _make_dict(vm: Any, func: Global, args: tuple) -> dict:
-    return _pairs(args[0]) if args else {}
+    return _pairs(args[0], func) if args else {}
+
+
+@_register("container", "collections.Counter")
+def _make_counter(vm: Any, func: Global, args: tuple) -> dict:
+    """A Counter is a dict of counts: from a mapping, or counting an iterable's elements (as
+    `Counter(iterable)` does)."""
+    if not args or type(args[0]) is dict:
+        return dict(args[0]) if args else {}
+    counts: dict = {}
+    for item in _iterable(args):
+        key = check_key(item)
+        counts[key] = counts.get(key, 0) + 1
+    return counts
 
 
 @_register("container", "collections.defaultdict")
 def _make_defaultdict(vm: Any, func: Global, args: tuple) -> dict:
-    return _pairs(args[1]) if len(args) > 1 else {}  # the default factory is referenced, never kept
+    return _pairs(args[1], func) if len(args) > 1 else {}  # the default factory is referenced, never kept
 
 
 @_register("container", "builtins.list", "collections.deque")
@@ -103,7 +117,7 @@ def _make_set(vm: Any, func: Global, args: tuple) -> set | frozenset:
 def _iterable(args: tuple) -> Any:
     if type(args[0]) in (list, tuple, set, frozenset, dict):
         return args[0]
-    raise FormatError("malformed container construction in the pickle")
+    raise FormatError(f"unsupported container in the pickle: built from a {type(args[0]).__name__}, not a sequence")
 
 
 @_register("interpreted", "builtins.bytearray", "builtins.bytes")

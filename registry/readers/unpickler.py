@@ -66,7 +66,7 @@ class MetadataUnpickler:
         max_memo, max_depth = self.limits.max_memo, self.limits.max_depth
         budget = self.limits.max_instructions
         stack = self.stack
-        pos = start
+        pos, op = start, -1
         try:
             # The opcodes torch's data.pkl is made of are handled inline (a function call per
             # opcode would double the cost); every other opcode goes through `opcodes.TABLE`.
@@ -133,7 +133,7 @@ class MetadataUnpickler:
             raise LimitError("the pickle record needs more memory than a checkpoint's metadata can") from None
         except (IndexError, KeyError, TypeError, ValueError, AttributeError, struct.error, OverflowError,
                 RecursionError) as exc:
-            raise FormatError(f"corrupt pickle record ({_describe(exc)})") from exc
+            raise FormatError(f"corrupt pickle: {_describe(exc)} ({_opcode_name(op)} near byte {pos - 1})") from exc
         return self.stack.pop() if self.stack else None
 
     def short(self, pos: int, wanted: int) -> Exception:
@@ -257,6 +257,22 @@ def _short_repr(value: Any) -> str:
     return f"({type(value).__name__})"
 
 
+# What a Python exception raised while interpreting a pickle means, in a user's words.
+_PLAIN = (
+    (IndexError, "an opcode takes more values than the stack holds"),
+    (KeyError, "it refers to a memo entry it never stored"),
+    (RecursionError, "it nests too deeply"),
+    ((struct.error, OverflowError), "a number in it is out of range"),
+    ((TypeError, ValueError, AttributeError), "an opcode is applied to a value of the wrong kind"),
+)
+
+
 def _describe(exc: BaseException) -> str:
-    text = str(exc).splitlines()[0] if str(exc) else ""
-    return f"{type(exc).__name__}: {text[:120]}" if text else type(exc).__name__
+    return next((text for kinds, text in _PLAIN if isinstance(exc, kinds)), "it cannot be interpreted")
+
+
+def _opcode_name(op: int) -> str:
+    import pickletools  # only on this error path
+
+    opcode = pickletools.code2op.get(chr(op)) if op >= 0 else None
+    return opcode.name if opcode is not None else f"opcode 0x{op:02x}"
