@@ -93,7 +93,7 @@ def class_family(target: str, *, config_class: str | type | None = None) -> Fami
     dataclass_type, build = _config_and_build(cls, config_type, name)
     module = sys.modules.get(cls.__module__)
     origin = FamilySource("class", name, path=getattr(module, "__file__", None), config_class=config_name)
-    doc = (inspect.getdoc(cls) or "").strip().splitlines()
+    doc = inspect.cleandoc(cls.__dict__.get("__doc__") or "").splitlines()  # its own, not nn.Module's
     family = Family(name=name, config_class=dataclass_type, build=build,
                     description=doc[0] if doc else f"class {name}", source=origin.label, origin=origin)
     return add_family(family)
@@ -112,6 +112,10 @@ def _config_and_build(cls: type, config_type: type | None, name: str) -> tuple[t
     params = _parameters(cls)
     if config_type is None and len(params) == 1 and _is_config_object(params[0][1]):
         config_type = params[0][1]
+    if config_type is None and len(params) == 1 and _looks_like_config_object(params[0][0]):
+        # nanoGPT's `GPT(config)`: its fields cannot be read from the signature.
+        raise UsageError(f"{name} takes one config object ({params[0][0].name!r}, not annotated): name its class",
+                         hint="config_class = \"pkg.module:Config\" in pyproject.toml, or --config-class")
     if config_type is None:  # keyword arguments are the config
         dataclass_type = synthesize_config(cls, f"{cls.__name__}Config")
         return dataclass_type, lambda config: _call(cls, config)
@@ -123,9 +127,18 @@ def _config_and_build(cls: type, config_type: type | None, name: str) -> tuple[t
     return dataclass_type, lambda config: cls(_call(config_type, config))
 
 
+_CONFIG_PARAMETER_NAMES = {"config", "cfg", "conf", "args", "hparams", "params", "opt", "options"}
+
+
+def _looks_like_config_object(param: inspect.Parameter) -> bool:
+    """A lone required parameter without annotation, named like a config object."""
+    return (param.default is inspect.Parameter.empty and param.annotation is inspect.Parameter.empty
+            and param.name.lower() in _CONFIG_PARAMETER_NAMES)
+
+
 def _is_config_object(annotation: Any) -> bool:
     """A parameter annotated with a user class (not a number, string, enum, path or container)."""
-    return (isinstance(annotation, type) and annotation.__module__ != "builtins"
+    return (isinstance(annotation, type) and annotation not in (Any, object) and annotation.__module__ != "builtins"
             and not issubclass(annotation, (enum.Enum, PurePath)) and typing.get_origin(annotation) is None)
 
 

@@ -141,6 +141,7 @@ def test_constructor_taking_a_config_dataclass(user_module):
 
     family = get_family(f"{user_module}:GPT")
     assert family.config_class.__name__ == "GPTConfig"  # the user's own class
+    assert family.description == f"class {user_module}:GPT"  # no docstring of its own (not nn.Module's)
     config = make_config(family, {"n_layer": 3, "bias": False})
     assert config_dict(config) == {"n_layer": 3, "n_embd": 8, "bias": False}
     rows = build_schema(family, config).schema.as_rows()
@@ -162,6 +163,15 @@ def test_config_class_named_for_an_unannotated_config_parameter(user_module):
     assert family.origin.config_class == f"{user_module}:PlainConfig"
     with pytest.raises(UsageError, match="already used with config class"):
         class_family(f"{user_module}:NanoGPT", config_class=f"{user_module}:GPTConfig")
+
+
+def test_an_unannotated_config_object_needs_its_class_named(user_module):
+    from registry.families import get_family
+
+    with pytest.raises(UsageError) as error:
+        get_family(f"{user_module}:NanoGPT")
+    assert error.value.message == f"{user_module}:NanoGPT takes one config object ('config', not annotated): name its class"
+    assert error.value.hint == 'config_class = "pkg.module:Config" in pyproject.toml, or --config-class'
 
 
 def test_every_class_family_config_is_an_annotated_dataclass(user_module):
