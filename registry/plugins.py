@@ -21,6 +21,7 @@ import sys
 from importlib import metadata
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 from . import families as _families
 from .errors import PluginError, UsageError
@@ -49,8 +50,12 @@ def load_plugins() -> None:
     """
     global _entry_points_done
     if not _entry_points_done:
-        _entry_points_done = True
-        _load_entry_points()
+        _entry_points_done = True  # first, as a plugin may look families up while it is imported
+        try:
+            _load_entry_points()
+        except BaseException:
+            _entry_points_done = False  # the next call says it again: never a run with fewer families
+            raise
     _load_project()
     for module in _env_plugins():
         _import_plugin(module, FamilySource(ENV_VAR, module), cwd_importable=True)
@@ -89,7 +94,15 @@ def _load_project() -> None:
     project = load_project()
     if project is None or str(project.path) in _projects_done:
         return
-    _projects_done.add(str(project.path))
+    _projects_done.add(str(project.path))  # first, as declared probes look families up
+    try:
+        _load_project_families(project)
+    except BaseException:
+        _projects_done.discard(str(project.path))
+        raise
+
+
+def _load_project_families(project: Any) -> None:
     root = str(project.root)
     if root not in sys.path:
         sys.path.insert(0, root)

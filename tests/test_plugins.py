@@ -287,3 +287,22 @@ def test_example_inputs_give_a_deterministic_probe():
     again = probe(lambda ids, x: (ids, x), None, torch.Generator().manual_seed(0))
     assert seen[0].dtype == torch.int64 and 0 <= int(seen[0].min()) and int(seen[0].max()) < 7
     assert torch.equal(seen[0], again[0]) and torch.equal(seen[1], again[1])
+
+
+def test_a_failed_project_load_is_reported_again_not_skipped(tmp_path, monkeypatch):
+    """In one process (a notebook, a test session), a second lookup must not run with fewer families."""
+    from registry import plugins
+    from registry.errors import FamilyNotLoadedError
+    from registry.families import families
+
+    import sys
+
+    families()
+    monkeypatch.setattr(sys, "path", sys.path[:])  # the project's folder goes on it
+    write(tmp_path, {"pyproject.toml": '[tool.registry.variants."x/a"]\nclass = "h1_nowhere.models:Net"\n'})
+    monkeypatch.chdir(tmp_path)
+    for _ in range(2):
+        with pytest.raises(FamilyNotLoadedError, match="variant x/a: family 'h1_nowhere.models:Net' is not loaded"):
+            families()
+    monkeypatch.chdir(tmp_path.parent)
+    assert str(tmp_path / "pyproject.toml") not in plugins._projects_done
