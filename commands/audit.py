@@ -223,6 +223,34 @@ def audit_command(ctx: click.Context, variant: str | None, family: str | None, s
 # --- scan --------------------------------------------------------------------------------------
 
 
+class _Eta:
+    """The time left, from the median time per checkpoint once a few are done. click's own ETA
+    averages from the start, so one checkpoint that pays for importing torch first said
+    `00:27:58` for a scan of seconds; a median ignores such one-off costs."""
+
+    SHOWN_AFTER = 3
+
+    def __init__(self, total: int) -> None:
+        import time
+
+        self.total, self.clock = total, time.monotonic
+        self.last, self.durations = self.clock(), []
+
+    def done_one(self) -> None:
+        now = self.clock()
+        self.durations.append(now - self.last)
+        self.last = now
+
+    def text(self) -> str:
+        """`eta 01:23  ` (hours when needed), or nothing until SHOWN_AFTER checkpoints are done."""
+        if len(self.durations) < self.SHOWN_AFTER or len(self.durations) >= self.total:
+            return ""
+        recent = sorted(self.durations[-50:])
+        seconds = int(recent[len(recent) // 2] * (self.total - len(self.durations)))
+        hours, rest = divmod(seconds, 3600)
+        return f"eta {hours}:{rest // 60:02d}:{rest % 60:02d}  " if hours else f"eta {rest // 60:02d}:{rest % 60:02d}  "
+
+
 @click.command("scan")
 @click.argument("directory", metavar="DIR", type=click.Path())
 @click.option("--allow-unsafe", is_flag=True, help="Read checkpoints whose pickle would run code (never runs it).")
@@ -253,13 +281,15 @@ def scan_command(ctx: click.Context, directory: str, allow_unsafe: bool, as_json
         summary.skipped.append(problem)
         click.echo(f"skipped: {problem.error}", err=True)
     show_bar = sys.stderr.isatty() and bool(units)
-    bar = (click.progressbar(units, label="scanning", file=sys.stderr, show_pos=True,
-                             item_show_func=lambda p: os.path.basename(p) if p else None)
+    eta = _Eta(len(units))
+    bar = (click.progressbar(units, label="scanning", file=sys.stderr, show_pos=True, show_eta=False,
+                             item_show_func=lambda p: f"{eta.text()}{os.path.basename(p)}" if p else None)
            if show_bar else contextlib.nullcontext(units))
     held: list[Skipped] = []  # printed after the bar, which would garble lines written under it
     with open_registry_from(ctx) as reg, bar as items:
         for path in items:
             outcome = scan_one(reg, path, allow_unsafe=allow_unsafe, reraise=debug_enabled())
+            eta.done_one()
             summary.add(outcome)
             if isinstance(outcome, Skipped):
                 if show_bar:

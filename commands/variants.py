@@ -12,7 +12,7 @@ from ._output import echo_table, emit_json, json_option, open_registry_from, sho
 
 @click.group("variants")
 def variants_group() -> None:
-    """Registered variants: list, show, add, bump."""
+    """Registered variants: list, show, add, bump, diff."""
 
 
 @variants_group.command("list")

@@ -291,3 +291,60 @@ def test_a_corrupt_pickle_is_described_plainly(tmp_path, record, message):
     result = run("fingerprint", str(path))
     assert result.exit_code == 3
     assert stderr_lines(result) == [f"error: cannot read {path}: {message}"]
+
+
+# --- 9. small things: python -m registry, the variants help, scan's first ETA ------------------
+
+
+def test_python_dash_m_registry_runs_the_command():
+    done = subprocess.run([sys.executable, "-m", "registry", "--version"], capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout.strip()) == (0, "registry, version 0.1.0")
+
+
+def test_variants_help_lists_every_subcommand():
+    help_text = " ".join(run("variants", "--help").stdout.split())
+    assert "Registered variants: list, show, add, bump, diff." in help_text
+
+
+def _under_a_terminal(args: list[str], timeout: float = 120) -> tuple[int, str]:
+    """Run `registry ARGS` with stderr on a pseudo-terminal (where the progress bar shows)."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 160, 0, 0))
+    process = subprocess.Popen([REGISTRY, *args], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=slave)
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(master)
+    return process.wait(timeout=timeout), b"".join(chunks).decode(errors="replace")
+
+
+@pytest.mark.slow
+def test_scan_eta_is_not_thrown_off_by_the_first_checkpoint(db, tiny_plain, tmp_path):
+    import re
+
+    folder = tmp_path / "runs"
+    folder.mkdir()
+    # the first checkpoint needs config inference (it imports torch: seconds); the others are quick
+    plain_state_dict("ctvit/tiny", folder / "a_unregistered.pt", dim=48)
+    for i in range(40):
+        shutil.copy(tiny_plain, folder / f"b{i:02d}.pt")
+    started = time.monotonic()
+    code, screen = _under_a_terminal(["--db", db, "scan", str(folder)])
+    took = time.monotonic() - started
+    assert code == 0, screen
+    assert "scanning" in screen  # the bar did show
+    etas = [int(h or 0) * 3600 + int(m) * 60 + int(s) for h, m, s in re.findall(r"(?:(\d+):)?(\d\d):(\d\d)", screen)]
+    assert etas, screen
+    assert max(etas) <= took + 5, (etas, took)
