@@ -348,3 +348,13 @@ def test_scan_eta_is_not_thrown_off_by_the_first_checkpoint(db, tiny_plain, tmp_
     etas = [int(h or 0) * 3600 + int(m) * 60 + int(s) for h, m, s in re.findall(r"(?:(\d+):)?(\d\d):(\d\d)", screen)]
     assert etas, screen
     assert max(etas) <= took + 5, (etas, took)
+
+
+def test_train_prints_progress_between_checkpoints(db, tmp_path, monkeypatch):
+    import registry.training.loop as loop
+
+    monkeypatch.setattr(loop, "PROGRESS_SECONDS", 0.0)  # a line every step (10 s in real use)
+    result = run("--db", db, "train", "--variant", "ctvit/tiny", "--out", str(tmp_path / "out"), "--steps", "3")
+    assert result.exit_code == 0, result.output
+    progress = [line.split(" loss ")[0] for line in result.stdout.splitlines() if "steps/s" in line]
+    assert progress == ["step 1/3", "step 2/3"]  # step 3 is the checkpoint's own line

@@ -10,6 +10,7 @@ the uninterrupted run would have.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -24,6 +25,9 @@ from .resume import PartialLoad, ResumePlan, ResumeRefused, load_plan, plan_resu
 from .signals import EXIT_PREEMPTED, StopRequest, stop_on_preemption
 
 COMPLETED, PREEMPTED, UP_TO_DATE = "completed", "preempted", "up-to-date"
+# Between checkpoints a progress line at most this often: a sign of life on a terminal, at most
+# 360 lines an hour in a batch job's log (a line per step would flood it).
+PROGRESS_SECONDS = 10.0
 
 
 @dataclass(frozen=True)
@@ -249,6 +253,7 @@ def _train(spec: TrainSpec, reg: Any, ranks: RankInfo, log: Callable[[str], None
     trained = distributed.wrap(ranks, _loss_module(family, model))
     config = make_config(family, start.config)
     step, last_saved = start.step, start.step
+    reported_at, reported_step = time.monotonic(), step
 
     def save(reason: str) -> None:
         if ranks.is_leader:
@@ -275,6 +280,12 @@ def _train(spec: TrainSpec, reg: Any, ranks: RankInfo, log: Callable[[str], None
             if step == spec.steps or (spec.every and step % spec.every == 0):
                 save(f"step {step}/{spec.steps} loss {loss.item():.4f}")
                 last_saved = step
+                reported_at, reported_step = time.monotonic(), step
+            elif time.monotonic() - reported_at >= PROGRESS_SECONDS:
+                now = time.monotonic()
+                log(f"step {step}/{spec.steps} loss {loss.item():.4f} "
+                    f"({(step - reported_step) / max(now - reported_at, 1e-9):.2f} steps/s)")
+                reported_at, reported_step = now, step
             if distributed.any_rank(ranks, stop.requested):
                 result.signal = stop.signal_name or "SIGTERM"
                 if step != last_saved:
