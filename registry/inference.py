@@ -150,6 +150,11 @@ def infer_config(family: Any, schema: Schema, *, fixed: Mapping[str, Any] | None
     try:
         search = Search(evaluate, space, flatten(config))
         search.run()
+        if not search.outcome.exact:  # stuck in a local minimum: once more in another order
+            again = Search(evaluate, space, flatten(config), order=1)
+            again.run()
+            if again.outcome.distance < search.outcome.distance:
+                search = again
     except OutOfBudget:
         exhausted = True
     undetermined: list[UndeterminedField] = []

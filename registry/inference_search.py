@@ -119,6 +119,10 @@ class Evaluator:
         return Outcome(schema_distance(shapes, self.target_shapes, self.target_containers), shapes, schema)
 
 
+def _key(change: Mapping[str, Any]) -> str:
+    return repr(sorted(change.items(), key=lambda item: item[0]))
+
+
 # --- the solver --------------------------------------------------------------------------------
 
 
@@ -129,6 +133,7 @@ class Search:
     evaluate: Evaluator
     space: Space
     current: dict[str, Any]
+    order: int = 0  # 0: choices, lengths, numbers; 1 (a restart): lengths, numbers, choices, reversed
     outcome: Outcome = field(init=False)
     # per coordinate that did not improve: (distance, its best move, did that move add/remove names?)
     near_misses: list[tuple[tuple[float, ...], dict[str, Any], bool]] = field(default_factory=list)
@@ -136,8 +141,10 @@ class Search:
     # per coordinate: (names when last visited, names its moves changed): see `_settled`
     footprints: dict[tuple[str, str], tuple[frozenset[str], frozenset[str]]] = field(default_factory=dict)
     _moved: dict[str, set[str]] = field(default_factory=dict)  # names the last perturbation changed
+    _probes: set[str] = field(default_factory=set)  # perturbations that no law proposed
 
     def __post_init__(self) -> None:
+        self.start = dict(self.current)  # the defaults (and --fix values) the search began from
         self.outcome = self.evaluate(self.current)
         self._pool: list[int] | None = None
 
@@ -164,7 +171,11 @@ class Search:
         # structure, and a smaller structure builds faster; then the numbers
         coordinates = [(k, label, structural, moves)
                        for k in self.space.knobs for label, structural, moves in self._coordinates(k)]
-        coordinates.sort(key=lambda c: (c[0].kind != CHOICE, not c[2]))
+        if self.order == 0:
+            coordinates.sort(key=lambda c: (c[0].kind != CHOICE, not c[2]))
+        else:  # a restart: the structure first, the choices last, fields in reverse
+            coordinates = coordinates[::-1]
+            coordinates.sort(key=lambda c: (not c[2], c[0].kind == CHOICE))
         for knob, label, _, moves in coordinates:
             if self.outcome.exact:
                 return True
@@ -201,6 +212,7 @@ class Search:
     def _try(self, knob: Knob, moves: list[dict[str, Any]], coordinate: tuple[str, str] | None = None) -> bool:
         """Evaluate each move (repairing the ones that fail); keep the best if it is closer."""
         best: tuple[Outcome, dict[str, Any]] | None = None
+        miss: tuple[Outcome, dict[str, Any]] | None = None  # the best move that is not a mere probe
         footprint: set[str] = set(self._moved.pop(knob.path, ()))
         for move in moves:
             outcome, change = self._evaluate_repaired(move)
@@ -208,6 +220,8 @@ class Search:
                 footprint |= moved_names(self.outcome.shapes, outcome.shapes)
             if outcome.ok and (best is None or outcome.distance < best[0].distance):
                 best = outcome, change
+            if outcome.ok and _key(move) not in self._probes and (miss is None or outcome.distance < miss[0].distance):
+                miss = outcome, change
         if coordinate is not None:
             self.footprints[coordinate] = (frozenset(self.outcome.shapes), frozenset(footprint))
         if best is None:
@@ -218,9 +232,9 @@ class Search:
             self.current = {**self.current, **best[1]}
             self.outcome = best[0]
             return True
-        if best[0].shapes != self.outcome.shapes:
-            structural = best[0].shapes.keys() != self.outcome.shapes.keys()
-            self.near_misses.append((best[0].distance, best[1], structural))
+        if miss is not None and miss[0].shapes != self.outcome.shapes:
+            structural = miss[0].shapes.keys() != self.outcome.shapes.keys()
+            self.near_misses.append((miss[0].distance, miss[1], structural))
         return False
 
     def _evaluate_repaired(self, change: dict[str, Any], blind: bool = True) -> tuple[Outcome, dict[str, Any]]:
@@ -283,8 +297,11 @@ class Search:
             votes: Counter = Counter()
             dimension_proposals(x, x2, self.outcome.shapes, moved.shapes, self.evaluate.target_shapes, votes)
             count_proposals(x, x2, self.outcome.shapes, moved.shapes, self.evaluate.target_patterns, votes)
-            proposals = [v for v, _ in votes.most_common() if v > 0 and v != x]
-            return [x2, *proposals[:MAX_PROPOSALS]] if x2 not in proposals else proposals[:MAX_PROPOSALS]
+            proposals = [v for v, _ in votes.most_common() if v > 0 and v != x][:MAX_PROPOSALS]
+            if x2 in proposals:
+                return proposals
+            self._probes.add(_key(replace(x2)))  # tried for what it teaches, not proposed
+            return [x2, *proposals]
         return []
 
     def _int_moves(self, path: str) -> list[dict[str, Any]]:
@@ -309,10 +326,14 @@ class Search:
         return [{knob.path: resized(value, n)} for n in lengths if n > 0 and n != length]
 
     def _drop_moves(self, knob: Knob) -> list[dict[str, Any]]:
+        """One element fewer (down to empty: `attention_resolutions=()` is a layout too), or one
+        more of the starting value's elements (an empty sequence has no length to learn from)."""
         value = self.current.get(knob.path) or ()
-        if len(value) < 2 or len(value) > 8:
+        if len(value) > 8:
             return []
-        return [{knob.path: value[:i] + value[i + 1:]} for i in range(len(value))]
+        drops = [value[:i] + value[i + 1:] for i in range(len(value))]
+        adds = [value + (item,) for item in dict.fromkeys(self.start.get(knob.path) or ()) if item not in value]
+        return [{knob.path: v} for v in dict.fromkeys(drops + adds)]
 
     def _element_moves(self, knob: Knob, index: int) -> list[dict[str, Any]]:
         value = self.current.get(knob.path) or ()
@@ -352,20 +373,27 @@ class Search:
         return False
 
     def _lookahead(self) -> bool:
-        """From each of the closest near misses, learn every other sensitive integer again and keep
-        the best result if it beats the current config: a product (heads x head width) whose
-        factors only fit together, where the second factor's right value shows only after the first."""
+        """From each of the closest near misses, learn every other sensitive integer (and sequence
+        element) again and keep the best result if it beats the current config: a product (heads x
+        head width, base width x multiplier) whose factors only fit together, where the second
+        factor's right value shows only after the first."""
         start_config, start_outcome = self.current, self.outcome
         best: tuple[Outcome, dict[str, Any]] | None = None
-        for _, miss, _ in sorted(self.near_misses, key=lambda m: m[0])[:LOOKAHEAD_MISSES]:
+        numeric = {k.path for k in self.space.knobs if k.kind in (INT, INT_SEQ)}
+        # misses of numeric fields first: a product's factor is a number
+        ranked = sorted(self.near_misses, key=lambda m: (not set(m[1]) <= numeric, m[0]))
+        for _, miss, _ in ranked[:LOOKAHEAD_MISSES]:
             outcome = self.evaluate({**start_config, **miss})
             if not outcome.ok:
                 continue
             self.current, self.outcome = {**start_config, **miss}, outcome
             for knob in self.space.knobs:
-                if knob.kind != INT or knob.path in miss or knob.path not in self.sensitive:
+                if knob.kind not in (INT, INT_SEQ) or knob.path in miss or knob.path not in self.sensitive:
                     continue
-                for move in self._int_moves(knob.path):
+                moves = self._int_moves(knob.path) if knob.kind == INT else self._length_moves(knob) + [
+                    move for index in range(len(self.current.get(knob.path) or ()))
+                    for move in self._element_moves(knob, index)]
+                for move in moves:
                     found, change = self._evaluate_repaired(move)
                     if found.ok and (best is None or found.distance < best[0].distance):
                         best = found, {**miss, **change}
