@@ -20,8 +20,9 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 from .config_types import plain
 from .errors import UsageError
-from .inference_search import Evaluator, OutOfBudget, Search, alternatives
-from .inference_space import INT, INT_SEQ, Space, dimension_pool, flatten, search_space
+from .inference_search import Evaluator, OutOfBudget, Search
+from .inference_signals import perturbations
+from .inference_space import CHOICE, CHOICE_SEQ, INT, INT_SEQ, Knob, Space, dimension_pool, flatten, search_space
 from .schema import Schema
 
 if TYPE_CHECKING:
@@ -173,6 +174,24 @@ def _defaults(family: Any) -> dict[str, Any]:
         return {}
 
 
+def _alternatives(knob: Knob, value: Any, default: Any) -> list[Any]:
+    """Other values of a field to test at an exact config: its default first, then neighbours."""
+    found: list[Any] = []
+    if default is not None and default != value and not isinstance(default, list):
+        found.append(default)
+    if knob.kind == INT and isinstance(value, int):
+        found += perturbations(value)[:3]
+    elif knob.kind == CHOICE:
+        found += [c for c in knob.choices if c != value]
+    elif knob.kind in (INT_SEQ, CHOICE_SEQ) and value:
+        first = value[0]
+        if knob.kind == CHOICE_SEQ:
+            found += [(c,) + value[1:] for c in knob.choices if c != first][:2]
+        elif isinstance(first, int):
+            found += [(v,) + value[1:] for v in perturbations(first)[:1]]
+    return list(dict.fromkeys(found))[:6]
+
+
 def _undetermined(family: Any, search: Search, space: Space) -> list[UndeterminedField]:
     """Fields that other values also build exactly; each keeps its default when the default fits."""
     defaults = _defaults(family)
@@ -180,7 +199,7 @@ def _undetermined(family: Any, search: Search, space: Space) -> list[Undetermine
     for knob in space.knobs:
         value = search.current.get(knob.path)
         admissible = []
-        for alt in alternatives(knob, value, defaults.get(knob.path)):
+        for alt in _alternatives(knob, value, defaults.get(knob.path)):
             outcome = search.evaluate({**search.current, knob.path: alt})
             if outcome.ok and not outcome.exact:
                 admissible = []  # another value moves the schema: the checkpoint decides this field

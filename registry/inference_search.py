@@ -415,24 +415,3 @@ class Search:
             if self.outcome.exact:
                 return True
         return improved
-
-
-# --- after an exact match: which fields did the schema decide? --------------------------------
-
-
-def alternatives(knob: Knob, value: Any, default: Any) -> list[Any]:
-    """Other values of a field to test at an exact config: its default first, then neighbours."""
-    found: list[Any] = []
-    if default is not None and default != value and not isinstance(default, list):
-        found.append(default)
-    if knob.kind == INT and isinstance(value, int):
-        found += perturbations(value)[:3]
-    elif knob.kind == CHOICE:
-        found += [c for c in knob.choices if c != value]
-    elif knob.kind in (INT_SEQ, CHOICE_SEQ) and value:
-        first = value[0]
-        if knob.kind == CHOICE_SEQ:
-            found += [(c,) + value[1:] for c in knob.choices if c != first][:2]
-        elif isinstance(first, int):
-            found += [(v,) + value[1:] for v in perturbations(first)[:1]]
-    return list(dict.fromkeys(found))[:6]
