@@ -131,7 +131,7 @@ _FSDP_MODEL = "pytorch_model_fsdp_0"  # accelerate's FSDP model (a DCP folder) i
 
 def _sharded_units(folder: str, names: list[str]) -> list[str] | None:
     """A DCP or DeepSpeed folder as one checkpoint (plus other checkpoint files beside it), or None."""
-    dcp = ".metadata" in names and any(n.endswith(".distcp") for n in names)
+    dcp = any(n.endswith(".distcp") for n in names)  # without .metadata: an interrupted save, reported
     deepspeed = any(n.endswith("_model_states.pt") and re.match(r"^(zero_pp_rank_\d+_)?mp_rank_\d+_", n) for n in names)
     if not dcp and not deepspeed:
         return None

@@ -385,3 +385,11 @@ def test_the_metadata_of_a_256_rank_job_reads(tmp_path):
         (folder / f"__{rank}_0.distcp").write_bytes(b"")
     info = read_checkpoint(folder)
     assert (len(info.schema), info.parameters, info.metadata["dcp"]["shards"]) == (300, 300 * 512 * 8, 256)
+
+
+def test_shards_without_metadata_are_an_interrupted_save(small, tmp_path):
+    from registry.scan import find_checkpoints
+
+    (small / ".metadata").unlink()  # torch renames .metadata into place last
+    refused(small, ".metadata is missing, so it is not a complete DCP checkpoint")
+    assert find_checkpoints(str(small.parent))[0] == [str(small)]  # scan names it (and skips it with that line)

@@ -64,11 +64,6 @@ class DcpUnpickler(MetadataUnpickler):
         return super().find_global(module, name)
 
 
-def is_dcp_folder(names: list[str] | set[str]) -> bool:
-    """Whether a folder's file names are those of a DCP checkpoint."""
-    return METADATA_FILE in names and any(name.endswith(".distcp") for name in names)
-
-
 def read_dcp(folder: str, *, allow_unsafe: bool, limits: Limits) -> CheckpointInfo:
     """The model schema of a DCP folder from its `.metadata` (global names and shapes).
 

@@ -83,10 +83,10 @@ _FSDP_MODEL = "pytorch_model_fsdp_0"  # accelerate's SHARDED_STATE_DICT model fo
 
 def _distributed_checkpoint(folder: str, names: list[str], allow_unsafe: bool, limits: Limits) -> CheckpointInfo | None:
     """A torch.distributed.checkpoint or DeepSpeed folder's model, or None for other folders."""
-    if ".metadata" in names and any(n.endswith(".distcp") for n in names):
+    if any(n.endswith(".distcp") for n in names):
         from .dcp import read_dcp
 
-        return read_dcp(folder, allow_unsafe=allow_unsafe, limits=limits)
+        return read_dcp(folder, allow_unsafe=allow_unsafe, limits=limits)  # says so when .metadata is missing
     if "latest" in names or any(n.endswith("_model_states.pt") for n in names):
         from .deepspeed import is_deepspeed_folder, read_deepspeed
 
