@@ -15,7 +15,8 @@ never touches your own registry. Every step is a real `registry` command, printe
    `pyproject.toml` declares its variants, `registry init` registers them, the trainer resumes
    the baseline through `registry.resume` although the config now says RMSNorm, and CI's
    `registry check` fails on the RMSNorm planted in the user's own `Attention`;
-4. `registry audit` shows which runs used which architecture, the resume chains and conversions.
+4. `registry audit` shows which runs used which architecture, the resume chains and conversions,
+   and `registry report` writes the same as a static site to ./demo-report (its path is printed).
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ from pathlib import Path
 
 REGISTRY = str(Path(sys.executable).with_name("registry"))
 PLANTED = str(Path(__file__).with_name("planted_change.py"))
+# The report outlives the demo's temporary folder: it is written where `make demo` runs.
+REPORT = Path.cwd() / "demo-report"
 
 
 def step(title: str) -> None:
@@ -158,7 +161,11 @@ def main() -> None:
 
         step("Which runs used which architecture: resume chains and conversions")
         run("audit", env=env)
+
+        step("The same story as pages: a static report of the registry (open it in any browser)")
+        run("report", "-o", str(REPORT), env=env)
     print(f"\ndemo finished in {time.monotonic() - started:.0f} s")
+    print(f"report: {REPORT / 'index.html'}")
 
 
 if __name__ == "__main__":
