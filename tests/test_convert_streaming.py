@@ -228,3 +228,21 @@ def test_an_unreadable_cached_plan_is_traced_again(db, tmp_path, plan_cache):
     cached.write_text("not json")
     assert convert(db, source, tmp_path / "three.safetensors")["streamed"] is True
     assert_same_tensors(tmp_path / "three.safetensors", diffusers_reference(source))
+
+
+def test_a_plan_is_keyed_by_everything_that_decides_it(monkeypatch):
+    from registry.converters import converters
+    from registry.streaming.plan_cache import plan_key
+
+    [builtin] = [c for c in converters() if c.name == "ldm-unet->diffusers-unet"]
+    tensors = {"a.weight": LazyTensor.of("a.weight", (4, 4), "float32", load=bytes)}
+    key = plan_key(builtin, tensors, '{"model_channels":32}')
+    assert key is not None and key == plan_key(builtin, dict(tensors), '{"model_channels":32}')
+    assert key != plan_key(builtin, tensors, '{"model_channels":64}')
+    assert key != plan_key(builtin, {"a.weight": LazyTensor.of("a.weight", (4, 4), "float16", load=bytes)},
+                           '{"model_channels":32}')
+    from dataclasses import replace
+
+    assert plan_key(replace(builtin, plan_depends_on=()), tensors, "{}") is None  # undeclared: never cached
+    monkeypatch.setenv("REGISTRY_PLAN_CACHE", "0")
+    assert plan_key(builtin, tensors, '{"model_channels":32}') is None

@@ -77,14 +77,17 @@ def _versions(distributions: tuple[str, ...]) -> list[str]:
 
 
 def _package_code(module_name: str) -> bytes | None:
-    """sha256 of every .py file of the package that holds `module_name` (None: no files to hash)."""
+    """sha256 of every .py file of the package that holds `module_name`, or of the module's own
+    file when it is not in a package (None: no file to hash)."""
     module = sys.modules.get(module_name)
     file = getattr(module, "__file__", None)
     if not file:
         return None
+    spec = getattr(module, "__spec__", None)
+    in_package = bool(spec is not None and spec.parent)
     root = Path(file).parent
     digest = hashlib.sha256()
-    for path in sorted(root.rglob("*.py")):
+    for path in sorted(root.rglob("*.py")) if in_package else [Path(file)]:
         digest.update(str(path.relative_to(root)).encode("utf-8") + b"\0" + path.read_bytes())
     return digest.digest()
 
