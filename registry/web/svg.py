@@ -77,7 +77,8 @@ def render_svg(graph: LineageGraph) -> str:
         out.append(f'<path class="edge edge-{edge.kind}" d="M{x1},{y1} C{x1},{y1 + 20} {x2},{y2 - 20} {x2},{y2}" '
                    f'fill="none" stroke="#888"{dash}/>')
         if edge.kind in ("resumed", "converted") and edge.label:
-            out.append(f'<text class="edge-label" x="{(x1 + x2) // 2 + 6}" y="{(y1 + y2) // 2 + 4}" font-size="10" '
+            # Just above the target: two edges leaving one node never share that spot.
+            out.append(f'<text class="edge-label" x="{x2 + 6}" y="{y2 - 8}" font-size="10" '
                        f'fill="#555">{escape(edge.label[:60])}</text>')
     for node in graph.nodes:
         if node.id not in place:
