@@ -180,7 +180,7 @@ def _alternatives(knob: Knob, value: Any, default: Any) -> list[Any]:
     if default is not None and default != value and not isinstance(default, list):
         found.append(default)
     if knob.kind == INT and isinstance(value, int):
-        found += perturbations(value)[:3]
+        found += [v for v in (2 * value, value // 2, value + 1) if v > 0 and v != value]
     elif knob.kind == CHOICE:
         found += [c for c in knob.choices if c != value]
     elif knob.kind in (INT_SEQ, CHOICE_SEQ) and value:
@@ -198,14 +198,15 @@ def _undetermined(family: Any, search: Search, space: Space) -> list[Undetermine
     found = []
     for knob in space.knobs:
         value = search.current.get(knob.path)
-        admissible = []
+        admissible, moved = [], 0
         for alt in _alternatives(knob, value, defaults.get(knob.path)):
             outcome = search.evaluate({**search.current, knob.path: alt})
-            if outcome.ok and not outcome.exact:
-                admissible = []  # another value moves the schema: the checkpoint decides this field
-                break
             if outcome.exact:
                 admissible.append(alt)
+            elif outcome.ok:
+                moved += 1
+                if moved == 2 and not admissible:  # two values move the schema: it decides this field
+                    break
         if not admissible:
             continue
         default = defaults.get(knob.path)
