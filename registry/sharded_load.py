@@ -223,24 +223,32 @@ def load_deepspeed(info: CheckpointInfo) -> dict[str, Any]:
 def _zero3_state_dict(folder: str, payload: dict, module: dict) -> dict[str, Any]:
     """ZeRO-3: each rank's optimizer file holds `fp32_flat_groups` (one flat partition per
     parameter group); parameter p of numel n takes ceil(n / world) elements from every rank's
-    partition, in `param_shapes` order, and the concatenation trimmed to n is p."""
+    partition, in `param_shapes` order, and the concatenation trimmed to n is p.
+
+    Raises `CheckpointError` when the partitions are missing, malformed or do not add up."""
     import math
-    import re
+    from collections.abc import Mapping
 
     import torch
 
-    pattern = re.compile(r"^(?:bf16_)?zero_pp_rank_(\d+)_mp_rank_00_optim_states\.pt$")
-    files = sorted((int(m[1]), n) for n in os.listdir(folder) if (m := pattern.match(n)))
+    from .readers.deepspeed import OPTIM_STATES, buffer_names, shared_pairs
+
+    files = sorted((int(m["dp"]), n) for n in os.listdir(folder) if (m := OPTIM_STATES.match(n)) and int(m["mp"]) == 0)
     world = len(files)
     if world == 0 or [rank for rank, _ in files] != list(range(world)):
         raise CheckpointError(f"{folder}: the ZeRO-3 optimizer partitions are incomplete (ranks {[r for r, _ in files]})")
     flats = []
     for _rank, name in files:
-        optim = _torch_load(os.path.join(folder, name)).get("optimizer_state_dict", {})
-        groups = optim.get("fp32_flat_groups")
-        if not isinstance(groups, list) or optim.get("partition_count", world) != world:
+        loaded = _torch_load(os.path.join(folder, name))
+        optim = loaded.get("optimizer_state_dict") if isinstance(loaded, Mapping) else None
+        groups = optim.get("fp32_flat_groups") if isinstance(optim, Mapping) else None
+        if (not isinstance(groups, list) or not groups or not all(isinstance(g, torch.Tensor) for g in groups)
+                or optim.get("partition_count", world) != world):
             raise CheckpointError(f"{folder}/{name}: not a ZeRO-3 partition of {world} ranks")
         flats.append(torch.cat([g.flatten() for g in groups]))
+    if len({flat.numel() for flat in flats}) != 1:
+        raise CheckpointError(f"{folder}: the ZeRO-3 partitions differ in size "
+                              f"({', '.join(str(flat.numel()) for flat in flats)} elements)")
     state: dict[str, Any] = {}
     offset = 0
     for group in payload.get("param_shapes") or []:
@@ -258,13 +266,12 @@ def _zero3_state_dict(folder: str, payload: dict, module: dict) -> dict[str, Any
     if payload.get("frozen_param_shapes"):
         raise CheckpointError(f"{folder}: frozen parameters of a ZeRO-3 checkpoint are not loaded here; "
                               "run DeepSpeed's zero_to_fp32.py in a trusted environment")
-    buffers = set(payload.get("buffer_names") or [])
+    buffers = buffer_names(payload)
     for name, tensor in module.items():
         if name in buffers:
             state[name] = tensor
-    shared = payload.get("shared_params") or {}
-    pairs = shared.items() if isinstance(shared, dict) else shared
-    for alias, original in pairs:
+    shared = payload.get("shared_params")
+    for alias, original in shared_pairs(dict(shared) if isinstance(shared, Mapping) else shared):
         if alias not in state and original in state:
             state[alias] = state[original]
     return state

@@ -189,6 +189,32 @@ def test_layouts_not_read_and_inconsistent_files_exit_3(tmp_path, layout, needle
     refused(tag, needle)
 
 
+@pytest.mark.parametrize("partition, needle", [
+    ([1, 2], "zero_pp_rank_0_mp_rank_00_optim_states.pt: not a ZeRO-3 partition of 2 ranks"),
+    ({"optimizer_state_dict": {"fp32_flat_groups": [1, 2], "partition_count": 2}},
+     "zero_pp_rank_0_mp_rank_00_optim_states.pt: not a ZeRO-3 partition of 2 ranks"),
+    ({"optimizer_state_dict": {"fp32_flat_groups": [], "partition_count": 2}},
+     "zero_pp_rank_0_mp_rank_00_optim_states.pt: not a ZeRO-3 partition of 2 ranks"),
+    ("rank 1 smaller", "the ZeRO-3 partitions differ in size (44, 40 elements)"),
+])
+def test_malformed_zero3_partitions_are_a_checkpoint_error(tmp_path, partition, needle):
+    tag = tmp_path / "global_step7"
+    for rank in (0, 1):
+        write_states(tag / f"zero_pp_rank_{rank}_mp_rank_00_model_states.pt", placeholders=True,
+                     ds_config={"zero_optimization": {"stage": 3}})
+        if partition == "rank 1 smaller":  # 44 elements: each of the 8 parameters' ceil(numel / 2)
+            groups = [torch.zeros(44 if rank == 0 else 40)]
+            torch.save({"optimizer_state_dict": {"fp32_flat_groups": groups, "partition_count": 2}},
+                       tag / f"zero_pp_rank_{rank}_mp_rank_00_optim_states.pt")
+        else:
+            torch.save(partition, tag / f"zero_pp_rank_{rank}_mp_rank_00_optim_states.pt")
+    info = read_checkpoint(tag)
+    assert info.fingerprint == MODEL_FINGERPRINT  # the model states read; only loading needs the partitions
+    with pytest.raises(CheckpointError) as error:
+        load_state_dict(info)
+    assert needle in error.value.message
+
+
 class Payload:
     def __init__(self, command: str):
         self.command = command

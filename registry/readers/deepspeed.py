@@ -29,7 +29,7 @@ from .torch_pickle import RawCheckpoint
 
 LATEST_FILE = "latest"
 MODEL_STATES = re.compile(r"^(?:zero_pp_rank_(?P<dp>\d+)_)?mp_rank_(?P<mp>\d+)_model_states\.pt$")
-OPTIM_STATES = re.compile(r"^(?:bf16_)?zero_pp_rank_\d+_mp_rank_\d+_?optim_states\.pt$")
+OPTIM_STATES = re.compile(r"^(?:bf16_)?zero_pp_rank_(?P<dp>\d+)_mp_rank_(?P<mp>\d+)_?optim_states\.pt$")
 PIPELINE_STATES = re.compile(r"^layer_\d+-model_states\.pt$")
 # Bookkeeping of DeepSpeed's own, not the trainer's metadata: shapes are read, the rest is noise.
 _NOT_METADATA = ("module", "param_shapes", "frozen_param_shapes", "frozen_param_fragments", "shared_params",
@@ -176,7 +176,7 @@ def _entries(module: dict, root: dict, stage: int | None, file: str) -> dict[str
     for name, value in tensors.items():
         shape = shapes.get(name, frozen.get(name))
         if shape is None:
-            if stage == 3 and 0 in value.shape and name not in _buffer_names(root):
+            if stage == 3 and 0 in value.shape and name not in buffer_names(root):
                 raise FormatError(f"{file}: {name[:80]!r} is a ZeRO-3 placeholder but param_shapes has no shape for it")
             entries[name] = value
             continue
@@ -186,19 +186,21 @@ def _entries(module: dict, root: dict, stage: int | None, file: str) -> dict[str
         entries[name] = TensorRecord(value.dtype, shape)  # never loaded from here: a schema entry
     for name, shape in {**frozen, **shapes}.items():  # excluded from `module` (exclude_frozen_parameters)
         entries.setdefault(name, TensorRecord(default_dtype, shape))
-    for alias, original in _shared(root.get("shared_params")):
+    for alias, original in shared_pairs(root.get("shared_params")):
         if alias not in entries and original in entries:
             entries[alias] = entries[original]
     return entries
 
 
-def _buffer_names(root: dict) -> set[str]:
+def buffer_names(root: dict) -> set[str]:
+    """The names `buffer_names` lists (buffers are saved whole in `module`, even under ZeRO-3)."""
     names = root.get("buffer_names")
     return {n for n in names if type(n) is str} if type(names) is list else set()
 
 
-def _shared(value: Any) -> list[tuple[str, str]]:
-    """Tied parameters: `{alias: original}` (0.10+) or `[[alias, original], ...]` (older)."""
+def shared_pairs(value: Any) -> list[tuple[str, str]]:
+    """Tied parameters as (alias, original) from `shared_params`: `{alias: original}` (0.10+) or
+    `[[alias, original], ...]` (older); malformed pairs are left out."""
     mapping = as_mapping(value)
     pairs = list(mapping.items()) if mapping is not None else value if type(value) is list else []
     return [(a, b) for pair in pairs if type(pair) in (tuple, list) and len(pair) == 2
