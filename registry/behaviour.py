@@ -82,17 +82,19 @@ def behaviour_digest(family: Any, config: Any) -> dict[str, Any] | None:
     """The digest of `family` built with `config`, or None when the family has no probe.
 
     `{"format", "probe": {"seed", "config"}, "outputs": {name: summary}}`; `probe.config` is the
-    full probe config when the family's smaller one was used, else None. A probe that raises gives
-    `{"format", "probe", "failed": "<Exception>: message"}` instead of outputs, so recording a
-    schema version never fails because of its probe.
+    full probe config when the family's smaller one was used, else None. A probe (or its
+    `probe_config` hook) that raises gives `{"format", "probe", "failed": "<Exception>: message"}`
+    instead of outputs, so recording a schema version never fails because of its probe.
     """
     from .families import config_dict
 
     if family.probe is None:
         return None
-    target, reduced = probe_target(family, config)
-    probe = {"seed": PROBE_SEED, "config": config_dict(target) if reduced else None}
+    probe: dict[str, Any] = {"seed": PROBE_SEED, "config": None}
     try:
+        target, reduced = probe_target(family, config)
+        if reduced:
+            probe["config"] = config_dict(target)
         outputs = summarize_outputs(run_probe(family, target))
     except Exception as exc:  # noqa: BLE001  (a user's forward can raise anything; recorded, shown by check)
         return {"format": DIGEST_FORMAT, "probe": probe, "failed": _error_text(exc)}

@@ -281,6 +281,21 @@ def test_big_variants_are_probed_at_a_small_probe_config_recorded_in_the_digest(
     assert builtin_digest("ctvit/tiny")["probe"]["config"] is None
 
 
+def test_a_probe_config_hook_that_raises_is_a_failed_probe_not_a_failed_recording():
+    import dataclasses
+
+    def no_small_config(config):
+        raise RuntimeError("no small config for this one")
+
+    family = dataclasses.replace(get_family("ctvit"), probe_config=no_small_config)
+    config = make_config(family, get_builtin_variant("ctvit/baseline").config)
+    digest = behaviour_digest(family, config)
+    assert digest["failed"] == "RuntimeError: no small config for this one"
+    assert digest["probe"]["config"] is None and "outputs" not in digest
+    check = check_behaviour(family, config, digest)
+    assert (check.status, check.error) == (BehaviourStatus.PROBE_FAILED, "RuntimeError: no small config for this one")
+
+
 def test_comparison_sees_shape_changes_and_counts_differing_ids():
     import torch
 
