@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHMARKS = [[name] for name in ("bench_meta_build.py", "bench_fingerprint.py", "bench_store.py", "bench_match.py")]
+BENCHMARKS = [[name] for name in ("bench_meta_build.py", "bench_fingerprint.py", "bench_store.py", "bench_match.py",
+                                  "bench_dcp.py")]
 # The cluster load at the sizes: SQLite on one node, a throwaway PostgreSQL for many.
 BENCHMARKS += [["cluster_load.py", "--workers", str(n)] for n in (4, 16, 64)]
 BENCHMARKS += [["cluster_load.py", "--db", "postgres-temp", "--workers", str(n)] for n in (4, 16, 64)]
