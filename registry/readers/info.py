@@ -35,8 +35,9 @@ class CheckpointInfo:
     """A checkpoint read without running its code or reading its tensor data.
 
     `format`: torch-zip | torch-legacy | safetensors | sharded-safetensors | sharded-bin |
-    diffusers-folder | accelerate-folder. `container`: the key holding the state dict (None: top
-    level; `outer/inner` when nested). `wrapper`: the prefix stripped from every key (`module.`,
+    diffusers-folder | accelerate-folder | dcp-folder (torch.distributed.checkpoint) |
+    deepspeed-folder. `container`: the key holding the state dict (None: top level; `outer/inner`
+    when nested). `wrapper`: the prefix stripped from every key (`module.`,
     `_orig_mod.`, `module._orig_mod.`) or None. `schema`: the entries after both. `metadata`:
     JSON-ready top-level values besides the state dict (`step`, `epoch`, `registry`, ...).
     `files`: the files read. `size_bytes`: bytes on disk of the model files.
