@@ -33,6 +33,8 @@ def _isolated_registry_env(monkeypatch, tmp_path):
     """No test reads REGISTRY_DB from the caller or writes the user's default database."""
     monkeypatch.delenv("REGISTRY_DB", raising=False)
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg-data"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))  # convert's plan cache, too
+    monkeypatch.delenv("REGISTRY_CACHE_DIR", raising=False)
 
 
 def started_temp_postgres():
