@@ -23,7 +23,7 @@ took ~2 s each with 2 threads and ~0.01 s with one.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from .behaviour_digest import DIGEST_FORMAT, TOLERANCE, BehaviourComparison, compare_digests, summarize_outputs
@@ -124,7 +124,6 @@ class BehaviourCheck:
     comparison: BehaviourComparison | None = None
     probe_config: dict[str, Any] | None = None  # the config probed when it is not the variant's
     error: str | None = None
-    notes: list[str] = field(default_factory=list)
 
     @property
     def max_difference(self) -> float | None:
