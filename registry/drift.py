@@ -163,8 +163,7 @@ def check_variant(reg: Any, name: str, current_packages: dict[str, str] | None =
         report.behaviour = check_behaviour(family, config, latest.behaviour)
         if report.behaviour_drift:
             report.status = "drift"
-            now = current_packages if current_packages is not None else package_versions()
-            report.package_changes = _package_changes(latest.package_versions, now)
+            report.package_changes = _package_changes(latest.package_versions, current_packages)
         return report
     report.status = "drift"
     if built.fingerprint != latest.fingerprint:
@@ -172,8 +171,7 @@ def check_variant(reg: Any, name: str, current_packages: dict[str, str] | None =
             built.schema, reg.load_schema(latest.id), missing_label="added", unexpected_label="no longer built"
         )
     report.module_changes = diff_signatures(reg.load_signature(latest.id), built.signature)
-    now = current_packages if current_packages is not None else package_versions()
-    report.package_changes = _package_changes(latest.package_versions, now)
+    report.package_changes = _package_changes(latest.package_versions, current_packages)
     return report
 
 
