@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import pickle
@@ -37,13 +38,15 @@ def load_sharded(info: CheckpointInfo) -> dict[str, Any]:
 # --- torch.distributed.checkpoint --------------------------------------------------------------
 
 
-_ALLOWED = {
-    ("torch.distributed.checkpoint.metadata", name) for name in (
-        "Metadata", "TensorStorageMetadata", "BytesStorageMetadata", "ChunkStorageMetadata", "TensorProperties",
-        "MetadataIndex", "StorageMeta", "_MEM_FORMAT_ENCODING")
-} | {("torch.distributed.checkpoint.filesystem", "_StorageInfo"), ("torch.serialization", "_get_layout"),
-     ("torch", "Size"), ("collections", "OrderedDict"), ("pathlib", "PosixPath"), ("pathlib", "WindowsPath"),
-     ("pathlib", "Path"), ("pathlib._local", "PosixPath"), ("pathlib._local", "WindowsPath")}
+@functools.cache
+def _allowed() -> frozenset[tuple[str, str]]:
+    """The globals a real `.metadata` unpickle may import: the DCP records our reader allows, and
+    the plain ones (torch.Size, OrderedDict, paths) every reader takes as data."""
+    from .readers.dcp import DCP_GLOBALS
+
+    return DCP_GLOBALS | {("torch", "Size"), ("collections", "OrderedDict"), ("pathlib", "PosixPath"),
+                          ("pathlib", "WindowsPath"), ("pathlib", "Path"), ("pathlib._local", "PosixPath"),
+                          ("pathlib._local", "WindowsPath")}
 
 
 class _MetadataOnly(pickle.Unpickler):
@@ -52,7 +55,7 @@ class _MetadataOnly(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         import torch
 
-        if (module, name) in _ALLOWED:
+        if (module, name) in _allowed():
             return super().find_class(module, name)
         if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
             return getattr(torch, name)
@@ -78,18 +81,17 @@ def _reader(folder: str, data: bytes):
 
 class DcpFolder:
     """A DCP folder checked once: the model's FQNs (`by_name`: schema name -> FQN), their dtypes
-    and global shapes, and the checked `.metadata` bytes torch's loader is handed."""
+    and global shapes, and the checked `.metadata` bytes torch's loader is handed (read once, so
+    torch unpickles exactly what was checked)."""
 
     def __init__(self, folder: str):
-        from .readers.dcp import METADATA_FILE, parse_metadata, split_other_state
+        from .readers.dcp import parse_metadata, split_other_state
         from .readers.layout import find_layout
         from .readers.limits import DEFAULT_LIMITS, FormatError
 
         self.folder = folder
         try:
             parsed = parse_metadata(folder, allow_unsafe=False, limits=DEFAULT_LIMITS)
-            with open(os.path.join(folder, METADATA_FILE), "rb") as handle:
-                self.data = handle.read(DEFAULT_LIMITS.max_pickle_bytes + 1)
             layout = find_layout(split_other_state(parsed.tree)[0], DEFAULT_LIMITS)
         except (FormatError, OSError) as exc:
             raise CheckpointError(f"{folder}: cannot load it ({getattr(exc, 'message', exc)})") from None
@@ -98,6 +100,7 @@ class DcpFolder:
         self.by_name = {path[-1][cut:]: fqn for path, fqn in parsed.names.items()
                         if path[:-1] == container and type(path[-1]) is str}
         self.tensors = parsed.tensors  # FQN -> (dtype, global shape)
+        self.data = parsed.data
 
     def load(self, names: list[str]) -> dict[str, Any]:
         """The tensors `names` (schema names), read by torch's DCP loader in this process."""
@@ -233,7 +236,8 @@ def _zero3_state_dict(folder: str, payload: dict, module: dict) -> dict[str, Any
 
     from .readers.deepspeed import OPTIM_STATES, buffer_names, shared_pairs
 
-    files = sorted((int(m["dp"]), n) for n in os.listdir(folder) if (m := OPTIM_STATES.match(n)) and int(m["mp"]) == 0)
+    files = sorted((int(m["dp"]), n) for n in os.listdir(folder)
+                   if (m := OPTIM_STATES.match(n)) and int(m["mp"]) == 0)
     world = len(files)
     if world == 0 or [rank for rank, _ in files] != list(range(world)):
         raise CheckpointError(f"{folder}: the ZeRO-3 optimizer partitions are incomplete (ranks {[r for r, _ in files]})")

@@ -216,6 +216,18 @@ def test_a_small_folder_reads_and_its_metadata_path_names_it(small):
     assert (info.format, info.container, info.step, len(info.schema)) == ("dcp-folder", "model", 5, 4)
 
 
+def test_a_metadata_over_a_torch_files_pickle_bound_loads_what_was_checked(small, monkeypatch):
+    """.metadata has 4x a data.pkl's bounds (one chunk record per tensor per rank); the load must
+    hand torch those very bytes, not a second read cut at the smaller bound."""
+    from registry.readers.limits import DEFAULT_LIMITS
+    from registry.sharded_load import load_dcp
+
+    expected = load_dcp(str(small))
+    monkeypatch.setattr(DEFAULT_LIMITS, "max_pickle_bytes", (small / ".metadata").stat().st_size // 2)
+    loaded = load_dcp(str(small))
+    assert loaded.keys() == expected.keys() and all(torch.equal(loaded[k], expected[k]) for k in expected)
+
+
 def test_a_payload_in_metadata_runs_under_torch_but_never_here(small, tmp_path):
     marker = tmp_path / "ran.marker"
     metadata = metadata_of(small)

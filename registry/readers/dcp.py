@@ -120,9 +120,10 @@ class ParsedMetadata:
     """A DCP `.metadata` read and checked: `tensors` maps each saved FQN to (dtype, global shape);
     `tree` is the state dict that was saved, rebuilt from `planner_data` with tensor records as
     leaves (object entries dropped, FSDP wrapper segments removed from names); `names` maps each
-    tree path back to its FQN in the folder."""
+    tree path back to its FQN in the folder; `data` is the `.metadata` bytes that were checked."""
 
     def __init__(self) -> None:
+        self.data = b""
         self.tensors: dict[str, tuple[str, tuple[int, ...]]] = {}
         self.objects: list[str] = []
         self.tree: dict[Any, Any] = {}
@@ -162,6 +163,7 @@ def parse_metadata(folder: str, *, allow_unsafe: bool, limits: Limits) -> Parsed
         _verdict(findings, path, allow_unsafe)
         raise
     parsed = ParsedMetadata()
+    parsed.data = data
     parsed.warnings = _verdict(findings, path, allow_unsafe)
     fields = fields_of(root, "Metadata", "the .metadata pickle")
     entries = fields.get("state_dict_metadata")
