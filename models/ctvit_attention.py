@@ -29,7 +29,8 @@ import torch.nn.functional as F
 from einops import rearrange, repeat
 from torch import nn
 
-# CT-CLIP's slope for the position-bias MLP (torch's default, 0.01, computes another bias).
+# CT-CLIP's LeakyReLU slope, in the position-bias MLP and the discriminator (torch's default, 0.01,
+# computes something else).
 LEAKY_SLOPE = 0.1
 
 

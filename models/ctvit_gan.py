@@ -17,9 +17,7 @@ from einops import rearrange
 from einops.layers.torch import Rearrange
 from torch import nn
 
-from .ctvit_attention import exists, make_attention
-
-LEAKY_SLOPE = 0.1
+from .ctvit_attention import LEAKY_SLOPE, exists, make_attention
 
 
 class DiscriminatorBlock(nn.Module):

@@ -22,9 +22,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-
-def exists(value) -> bool:
-    return value is not None
+from .ctvit_attention import exists
 
 
 def l2norm(t: torch.Tensor) -> torch.Tensor:
