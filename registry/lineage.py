@@ -21,6 +21,7 @@ from typing import Any
 
 from .errors import RegistryError, UsageError
 from .resuming import Resumed, opened_registry
+from .schema import short_form
 
 
 class UnregisteredModelError(RegistryError):
@@ -60,9 +61,9 @@ def _identify(reg: Any, model: Any, variant: str | None) -> tuple[Any, Any]:
             return record, versions[-1]
         same = [v for v in versions if v.fingerprint == fingerprint]
         if not same:
-            registered = versions[-1].fingerprint[7:19] if versions else "none"
+            registered = short_form(versions[-1].fingerprint) if versions else "none"
             raise UnregisteredModelError(
-                f"the model is not the registered build of {variant} (it fingerprints as {fingerprint[7:19]}, "
+                f"the model is not the registered build of {variant} (it fingerprints as {short_form(fingerprint)}, "
                 f"the registered schema as {registered})",
                 hint=f"`registry check {variant}` shows what moved; `registry variants bump {variant}` records an intended change",
             )
@@ -73,7 +74,7 @@ def _identify(reg: Any, model: Any, variant: str | None) -> tuple[Any, Any]:
     names = sorted({v.variant for v in found})
     if not names:
         raise UnregisteredModelError(
-            f"no registered variant builds this model (fingerprint {fingerprint[7:19]})",
+            f"no registered variant builds this model (fingerprint {short_form(fingerprint)})",
             hint="declare it under [tool.registry.variants] and run `registry init`, or `registry variants add`",
         )
     if len(names) > 1:
@@ -111,7 +112,7 @@ class TrainingRun:
         if fingerprint != self.fingerprint:
             raise UnregisteredModelError(
                 f"the model to save is not the {self.variant} build run {self.id} started with "
-                f"(it fingerprints as {fingerprint[7:19]}, the run's as {str(self.fingerprint)[7:19]})")
+                f"(it fingerprints as {short_form(fingerprint)}, the run's as {short_form(str(self.fingerprint))})")
         return {"variant": self.variant, "family": self.family, "config": self.config, "fingerprint": fingerprint,
                 "run_id": self.id, "step": step, "prefix": prefix}
 
