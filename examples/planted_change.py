@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 import torch.nn.functional as F
 
@@ -36,7 +37,11 @@ PLANTS = {
     "geglu-gates": (attention.GEGLU, "forward", _swapped_gates),
 }
 
-_owner, _attribute, _bug = PLANTS[os.environ.get("PLANTED_CHANGE", "rmsnorm")]
+_choice = os.environ.get("PLANTED_CHANGE", "rmsnorm")
+if _choice not in PLANTS:  # a usage error (exit 2), said in one line rather than a KeyError traceback
+    print(f"PLANTED_CHANGE={_choice!r} plants nothing; choose one of: {', '.join(PLANTS)}", file=sys.stderr)
+    sys.exit(2)
+_owner, _attribute, _bug = PLANTS[_choice]
 setattr(_owner, _attribute, _bug)
 
 if __name__ == "__main__":
