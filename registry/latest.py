@@ -73,7 +73,6 @@ NAME_PATTERNS: tuple[NamePattern, ...] = (
     NamePattern("deepspeed", re.compile(r"^global_step(?P<step>\d+)$"), True,
                 lambda m: (int(m["step"]),), _number("step")),
 )
-DEEPSPEED_LATEST = "latest"  # DeepSpeed's save_dir names its newest tag folder in this text file
 
 
 @dataclass(frozen=True)
@@ -111,18 +110,19 @@ def ranked_checkpoints(folder: str | os.PathLike[str]) -> list[FoundCheckpoint]:
 
 
 def _deepspeed_latest(root: Path) -> FoundCheckpoint | None:
-    """The tag folder DeepSpeed's `latest` file names (newest whatever its name), or None."""
-    latest = root / DEEPSPEED_LATEST
+    """The tag folder DeepSpeed's `latest` file names (newest whatever its name), or None when
+    there is no `latest` file or it names no folder (read as the DeepSpeed reader reads it)."""
+    from .readers.deepspeed import tag_folder
+    from .readers.limits import FormatError
+
     try:
-        if not latest.is_file() or latest.stat().st_size > 4096:
-            return None
-        tag = latest.read_text(encoding="utf-8").strip()
-    except (OSError, UnicodeDecodeError):
+        folder, tag = tag_folder(str(root))
+    except (FormatError, OSError):
         return None
-    if not tag or tag in (".", "..") or "/" in tag or "\\" in tag or not (root / tag).is_dir():
+    if tag is None:
         return None
     step = re.fullmatch(r"global_step(\d+)", tag)
-    return FoundCheckpoint(root / tag, "deepspeed", int(step[1]) if step else None, (_NEWEST,))
+    return FoundCheckpoint(Path(folder), "deepspeed", int(step[1]) if step else None, (_NEWEST,))
 
 
 def is_checkpoint_folder(folder: Path) -> bool:
