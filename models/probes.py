@@ -15,7 +15,7 @@ from typing import Any
 from registry.families import extend_family
 
 from .ctvit import TINY, CTViTConfig
-from .diffusers_unet import DiffusersUNetConfig
+from .diffusers_unet import DEFAULT_SAMPLE_SIZE, DiffusersUNetConfig
 from .ldm_unet import LDMUNetConfig
 
 # --- ctvit ------------------------------------------------------------------------------------
@@ -93,7 +93,7 @@ def diffusers_unet_probe_config(config: DiffusersUNetConfig) -> DiffusersUNetCon
     """`config` when it is small; else the first level at 32 channels (the others keep their
     ratios), one layer per block, 8 heads, a 32-wide context, a latent twice the deepest
     downsampling; block types and flags kept."""
-    size = config.sample_size or 64
+    size = config.sample_size or DEFAULT_SAMPLE_SIZE
     if max(config.block_out_channels) <= 128 and size <= 32 and config.cross_attention_dim <= 128:
         return config
     first = config.block_out_channels[0]
@@ -125,7 +125,7 @@ def ldm_unet_probe(model: Any, config: LDMUNetConfig, generator: Any) -> Any:
 
 def diffusers_unet_probe(model: Any, config: DiffusersUNetConfig, generator: Any) -> Any:
     """`sample` for a latent, a timestep and a 4-token `encoder_hidden_states`."""
-    size = config.sample_size or 64
+    size = config.sample_size or DEFAULT_SAMPLE_SIZE
     sample, timesteps, context = _unet_inputs(config.in_channels, size, config.cross_attention_dim, generator)
     return model(sample, timesteps, encoder_hidden_states=context).sample
 
