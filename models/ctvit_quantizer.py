@@ -35,19 +35,18 @@ class CosineCodebook(nn.Module):
     The codes take no gradient. In training mode every forward pass updates, with weight
     `1 - decay` for the new value: `cluster_size` towards this batch's per-code counts, each used
     code towards the unit mean direction of its vectors, and each unused code towards its own
-    unit-length version. With `initted` 0 (k-means init: a codebook that never saw data) the first
-    forward pass, in any mode, sets the codes by `kmeans_iters` rounds of spherical k-means.
+    unit-length version. A fresh codebook is initialised (`initted` 1); a loaded one with `initted`
+    0 (trained with 1.1.2's k-means init and saved before any batch) has the first forward pass, in
+    any mode, set the codes by `kmeans_iters` rounds of spherical k-means.
     """
 
-    def __init__(self, *, dim: int, codebook_size: int, decay: float = 0.8, kmeans_init: bool = False,
-                 kmeans_iters: int = 10):
+    def __init__(self, *, dim: int, codebook_size: int, decay: float = 0.8, kmeans_iters: int = 10):
         super().__init__()
         self.codebook_size, self.decay, self.kmeans_iters = codebook_size, decay, kmeans_iters
         # uniform in a cube, then unit length: 1.1.2's kaiming-uniform init (its scale is normalised away)
-        embed = torch.zeros(1, codebook_size, dim) if kmeans_init else l2norm(torch.rand(1, codebook_size, dim) * 2 - 1)
-        self.register_buffer("initted", torch.tensor([float(not kmeans_init)]))
+        self.register_buffer("initted", torch.tensor([1.0]))
         self.register_buffer("cluster_size", torch.zeros(1, codebook_size))
-        self.register_buffer("embed", embed)
+        self.register_buffer("embed", l2norm(torch.rand(1, codebook_size, dim) * 2 - 1))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """`x`: (n, d) vectors of any length. Returns the chosen code rows (n, d) and indices (n,)."""
