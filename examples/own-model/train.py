@@ -5,7 +5,8 @@
 
 The second command resumes the baseline checkpoint even though its config now says RMSNorm: the
 registry builds the config the checkpoint needs (or stops with the diff; it never starts over).
-Lines marked `# registry` are all this trainer adds for the registry.
+Lines marked `# registry` are all this trainer adds for the registry, besides printing its errors
+(`registry.RegistryError`) at the end.
 """
 
 from __future__ import annotations
