@@ -96,6 +96,20 @@ def test_a_users_checkpoint_resumes_with_its_own_entries_untouched(db, tmp_path)
         assert torch.equal(state["exp_avg"], again.state_dict()["state"][index]["exp_avg"])
 
 
+def test_a_checkpoint_in_torchs_legacy_format_resumes_with_its_entries(db, tmp_path):
+    model = build("ctvit/tiny", seed=4)
+    optimizer = trained(model, "ctvit")
+    path = tmp_path / "old.pt"
+    torch.save({"model_state_dict": model.state_dict(), "optimizer_state_dict": optimizer.state_dict(), "epoch": 2},
+               path, _use_new_zipfile_serialization=False)  # what torch < 1.6 wrote (no zip, no mmap)
+
+    resumed = registry.resume(path, db=db)
+
+    assert (resumed.variant, sorted(resumed.extra), resumed.extra["epoch"]) == (
+        "ctvit/tiny", ["epoch", "optimizer_state_dict"], 2)
+    assert all(torch.equal(resumed.model.state_dict()[k], v) for k, v in model.state_dict().items())
+
+
 def test_the_step_comes_from_the_checkpoint_else_from_its_name(db, tmp_path):
     model = build("ctvit/tiny")
     (tmp_path / "a").mkdir()

@@ -110,15 +110,16 @@ def read_training_state(path: str, container: str | None = None, *, map_location
     if path.endswith(".safetensors"):
         return TrainingState(None, None, None)
     import pickle
+    import zipfile
 
     import torch
 
     from registry.tensors import REGISTRY_KEY
 
-    try:
-        payload = torch.load(path, map_location=map_location, weights_only=True, mmap=True)
+    try:  # torch can memory-map only its zip format; the legacy format (torch < 1.6) loads whole
+        payload = torch.load(path, map_location=map_location, weights_only=True, mmap=zipfile.is_zipfile(path))
     except (RuntimeError, pickle.UnpicklingError, OSError) as exc:
-        raise CheckpointError(f"{path}: cannot load its optimizer state ({str(exc).splitlines()[0]})") from None
+        raise CheckpointError(f"{path}: cannot load its entries besides the model ({str(exc).splitlines()[0]})") from None
     if not isinstance(payload, dict) or container is None:  # the whole file is the state dict
         return TrainingState(None, None, None)
     model_key = container.split("/")[0]
