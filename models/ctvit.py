@@ -188,9 +188,11 @@ class CTViT(nn.Module):
 
     @classmethod
     def from_config(cls, config: CTViTConfig) -> "CTViT":
+        """The model `config` describes."""
         return cls(**config_kwargs(config))
 
     def train(self, mode: bool = True) -> "CTViT":
+        """`nn.Module.train`, except that the VGG16 feature extractor stays in eval mode; returns self."""
         super().train(mode)
         if self.use_vgg_and_gan:
             self.vgg.eval()
@@ -358,6 +360,7 @@ class CTViT(nn.Module):
     description="CT-CLIP's CTViT video/CT-volume tokenizer (spatial+temporal transformers, cosine VQ, optional decoder and VGG/GAN)",
 )
 def build(config: CTViTConfig) -> CTViT:
+    """The family's build hook: a freshly initialised `CTViT` of `config`."""
     return CTViT.from_config(config)
 
 
