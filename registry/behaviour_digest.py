@@ -121,7 +121,9 @@ def _summary(tensor: Any) -> dict[str, Any]:
 
 
 def summarize_outputs(outputs: Any) -> dict[str, dict[str, Any]]:
-    """Output name → its rounded summary (see the module docstring), names sorted."""
+    """Output name → its rounded summary (see the module docstring), names sorted (as
+    `flatten_outputs` names them). Raises TypeError for outputs other than tensors and numbers in
+    tuples, lists and mappings."""
     flat = flatten_outputs(outputs)
     return {name: _summary(flat[name]) for name in sorted(flat)}
 

@@ -131,7 +131,11 @@ def _package_changes(recorded: dict[str, str], now: dict[str, str]) -> dict[str,
 def check_variant(reg: Any, name: str, current_packages: dict[str, str] | None = None,
                   behaviour: bool = True) -> DriftReport:
     """Rebuild variant `name` on the meta device and compare it with its latest schema version;
-    when the layout is unchanged and `behaviour` is true, rerun its behaviour probe too."""
+    when the layout is unchanged and `behaviour` is true, rerun its behaviour probe too.
+
+    Returns its `DriftReport` (a family that is not loaded or a config that no longer builds is a
+    status, not an exception). `current_packages`: versions already read by `check_all`. Raises
+    `UsageError` when no variant is called `name`."""
     from .store.provenance import package_versions
 
     variant = reg.require_variant(name)
