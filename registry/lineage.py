@@ -156,7 +156,7 @@ def start_run(model: Any = None, *, variant: str | None = None, resumed: Resumed
     several: pass `variant`), `UsageError` (exit 2) for an unknown variant, `DatabaseError` (exit 4).
     """
     from .training.environment import RankInfo
-    from .training.recording import start_run as record_run
+    from .training.recording import record_run
 
     ranks = RankInfo.from_environment()
     if not ranks.is_leader:

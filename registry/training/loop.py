@@ -20,7 +20,7 @@ from registry.errors import RegistryError, UsageError
 from . import distributed
 from .checkpoints import remove_interrupted_writes, write_training_checkpoint
 from .environment import RankInfo
-from .recording import record_checkpoint, start_run
+from .recording import record_run, record_written_checkpoint
 from .resume import PartialLoad, ResumePlan, ResumeRefused, load_plan, plan_resume
 from .signals import EXIT_PREEMPTED, StopRequest, stop_on_preemption
 
@@ -156,8 +156,8 @@ def _decide(reg: Any, spec: TrainSpec, ranks: RankInfo, log: Callable[[str], Non
             torch.set_rng_state(plan.training.rng)
         _describe(plan, log)
     if start.step < spec.steps:
-        start.run_id = start_run(reg, variant=start.variant, schema_version_id=start.schema_version_id,
-                                 config=start.config, ranks=ranks, plan=plan)
+        start.run_id = record_run(reg, variant=start.variant, schema_version_id=start.schema_version_id,
+                                  config=start.config, ranks=ranks, plan=plan)
     return start, plan, model
 
 
@@ -261,8 +261,8 @@ def _train(spec: TrainSpec, reg: Any, ranks: RankInfo, log: Callable[[str], None
                         "fingerprint": start.fingerprint, "run_id": start.run_id, "step": step, "prefix": ""}
             path = write_training_checkpoint(Path(spec.out_dir), step, model.state_dict(), metadata,
                                              optimizer.state_dict(), [n for n, _ in parameters], torch.get_rng_state())
-            record_checkpoint(reg, path, fingerprint=start.fingerprint, step=step,
-                              schema_version_id=start.schema_version_id, run_id=start.run_id)
+            record_written_checkpoint(reg, path, fingerprint=start.fingerprint, step=step,
+                                      schema_version_id=start.schema_version_id, run_id=start.run_id)
             result.checkpoints.append(str(path))
             log(f"{reason} → {path}")
         distributed.barrier(ranks)

@@ -46,8 +46,8 @@ def _family_revision(reg: Any, variant: str) -> str | None:
         return None
 
 
-def start_run(reg: Any, *, variant: str, schema_version_id: int, config: dict[str, Any], ranks: RankInfo,
-              plan: ResumePlan | None) -> str:
+def record_run(reg: Any, *, variant: str, schema_version_id: int, config: dict[str, Any], ranks: RankInfo,
+               plan: ResumePlan | None) -> str:
     """Record the run (status `running`) with where it runs and what it resumed; returns its id."""
     details: dict[str, Any] = {}
     if plan is not None and plan.conversion is not None:
@@ -65,8 +65,10 @@ def start_run(reg: Any, *, variant: str, schema_version_id: int, config: dict[st
     return run.id
 
 
-def record_checkpoint(reg: Any, path: Path, *, fingerprint: str, step: int, schema_version_id: int,
-                      run_id: str) -> None:
+def record_written_checkpoint(reg: Any, path: Path, *, fingerprint: str, step: int, schema_version_id: int,
+                              run_id: str) -> None:
+    """Record a checkpoint the trainer has just written (`step-N.pt`, model under `model`): its
+    identity is known, so nothing is read back (`registry.scan.record_checkpoint` reads a file)."""
     stat = os.stat(path)
     reg.register_checkpoint(
         os.path.abspath(path), size=stat.st_size, mtime=stat.st_mtime, format="torch-zip", container="model",
