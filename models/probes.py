@@ -47,10 +47,15 @@ def ctvit_probe(model: Any, config: CTViTConfig, generator: Any) -> dict[str, An
     frames = 2 * config.temporal_patch_size
     video = torch.randn(1, config.channels, frames, config.image_size, config.image_size, generator=generator)
     outputs: dict[str, Any] = {}
+
+    def keep_first_input(_module: Any, args: tuple) -> None:
+        # returns None: a pre-hook that returns a value replaces the module's input with it
+        outputs.setdefault("pre_quant", args[0].clone())
+
     quantizer = getattr(model, "vq", None)
     hook = None
     if isinstance(quantizer, torch.nn.Module):
-        hook = quantizer.register_forward_pre_hook(lambda _, args: outputs.setdefault("pre_quant", args[0].clone()))
+        hook = quantizer.register_forward_pre_hook(keep_first_input)
     try:
         if "return_encoded_tokens" in inspect.signature(model.forward).parameters:
             outputs["tokens"] = model(video, return_encoded_tokens=True)

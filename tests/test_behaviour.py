@@ -267,6 +267,32 @@ def test_the_probe_leaves_the_callers_rng_alone():
     assert torch.equal(torch.rand(3), expected)
 
 
+def test_the_ctvit_probe_watches_the_quantizer_input_without_replacing_it():
+    """The probe runs the forward once per CT-CLIP keyword; each run's quantizer must see that run's
+    encoder output, so a forward whose keyword paths encode differently shows in the digest."""
+    import itertools
+
+    import torch
+
+    from registry.models.probes import ctvit_probe
+
+    family = get_family("ctvit")
+    config = make_config(family, get_builtin_variant("ctvit/tiny").config)
+    torch.manual_seed(0)
+    model = family.build(config).eval()
+    encode, offsets = model.encode, itertools.count()
+    model.encode = lambda tokens: encode(tokens) + next(offsets)  # each forward pass encodes differently
+    with torch.no_grad():
+        probed = ctvit_probe(model, config, torch.Generator().manual_seed(0))
+        video = torch.randn(1, config.channels, 2 * config.temporal_patch_size, config.image_size, config.image_size,
+                            generator=torch.Generator().manual_seed(0))
+        offsets = itertools.count()
+        assert torch.equal(probed["pre_quant"], encode(model.patch_embed(video)[0]).flatten(1, 3))  # b (t h w) d
+        assert torch.equal(probed["tokens"], model(video, return_encoded_tokens=True))
+        assert torch.equal(probed["ids"], model(video, return_only_codebook_ids=True))
+        assert torch.equal(probed["recons"], model(video, return_recons_only=True))
+
+
 def test_big_variants_are_probed_at_a_small_probe_config_recorded_in_the_digest():
     for name in ("ldm-unet/sd15", "diffusers-unet/sd15", "ctvit/baseline"):
         digest = builtin_digest(name)
