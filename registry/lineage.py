@@ -113,8 +113,8 @@ class TrainingRun:
             raise UnregisteredModelError(
                 f"the model to save is not the {self.variant} build run {self.id} started with "
                 f"(it fingerprints as {short_form(fingerprint)}, the run's as {short_form(str(self.fingerprint))})")
-        return {"variant": self.variant, "family": self.family, "config": self.config, "fingerprint": fingerprint,
-                "run_id": self.id, "step": step, "prefix": prefix}
+        return embedded_record(variant=self.variant, family=self.family, config=self.config, fingerprint=fingerprint,
+                               run_id=self.id, step=step, prefix=prefix)
 
     def log_checkpoint(self, path: Any) -> Any:
         """Record the checkpoint you saved at `path` as this run's; see `registry.log_checkpoint`."""
@@ -189,8 +189,16 @@ def checkpoint_metadata(model: Any, *, step: int, run: TrainingRun | None = None
         return run.checkpoint_metadata(model, step=step, prefix=prefix)
     with opened_registry(db, readonly=True) as reg:
         record, version = _identify(reg, model, variant)
-    return {"variant": record.name, "family": record.family, "config": record.config,
-            "fingerprint": version.fingerprint, "run_id": None, "step": step, "prefix": prefix}
+    return embedded_record(variant=record.name, family=record.family, config=record.config,
+                           fingerprint=version.fingerprint, run_id=None, step=step, prefix=prefix)
+
+
+def embedded_record(*, variant: str | None, family: str | None, config: dict[str, Any] | None, fingerprint: str,
+                    run_id: str | None, step: int, prefix: str) -> dict[str, Any]:
+    """The registry record a checkpoint carries under `ckpt["registry"]` (every trainer writes this
+    one form): matching checks it first (`CheckpointInfo.embedded`), resume links the run it names."""
+    return {"variant": variant, "family": family, "config": config, "fingerprint": fingerprint, "run_id": run_id,
+            "step": step, "prefix": prefix}
 
 
 def log_checkpoint(path: Any, *, run: TrainingRun | None = None, db: Any = None) -> Any:

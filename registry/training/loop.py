@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from registry.errors import RegistryError, UsageError
+from registry.lineage import embedded_record
 
 from . import distributed
 from .checkpoints import remove_interrupted_writes, write_training_checkpoint
@@ -257,8 +258,8 @@ def _train(spec: TrainSpec, reg: Any, ranks: RankInfo, log: Callable[[str], None
 
     def save(reason: str) -> None:
         if ranks.is_leader:
-            metadata = {"variant": start.variant, "family": start.family, "config": start.config,
-                        "fingerprint": start.fingerprint, "run_id": start.run_id, "step": step, "prefix": ""}
+            metadata = embedded_record(variant=start.variant, family=start.family, config=start.config,
+                                       fingerprint=start.fingerprint, run_id=start.run_id, step=step, prefix="")
             path = write_training_checkpoint(Path(spec.out_dir), step, model.state_dict(), metadata,
                                              optimizer.state_dict(), [n for n, _ in parameters], torch.get_rng_state())
             record_written_checkpoint(reg, path, fingerprint=start.fingerprint, step=step,
