@@ -166,7 +166,9 @@ def resume(
     model = built_family.build(config)
     load_plan(model, plan)
     plan.state_dict = {}  # loaded: do not keep a second copy of the weights alive
-    if isinstance(map_location, str) or type(map_location).__name__ == "device":
+    import torch
+
+    if isinstance(map_location, (str, torch.device)):  # torch.load's dict and function forms place tensors only
         model.to(map_location)
     step = 0 if plan.partial is not None else (plan.info.step if plan.info.step is not None else found.step)
     notes = [*skipped, *plan.warnings]
