@@ -286,6 +286,19 @@ def test_a_shape_lie_is_refused(small, lie, message):
     refused(small, message)
 
 
+def test_shard_files_counted_in_the_folder_are_bounded_as_named_ones_are(small):
+    from registry.errors import CheckpointError
+    from registry.readers.limits import Limits
+
+    metadata = metadata_of(small)
+    metadata.storage_data = None  # a custom storage writer: the reader counts the *.distcp files instead
+    write_metadata(small, metadata)
+    (small / "__1_0.distcp").write_bytes(b"")
+    assert read_checkpoint(small, limits=Limits(max_shards=2)).metadata["dcp"]["shards"] == 2
+    with pytest.raises(CheckpointError, match="more than 1 shard files"):
+        read_checkpoint(small, limits=Limits(max_shards=1))
+
+
 def test_a_negative_global_shape_is_refused(small):
     metadata = metadata_of(small)
     metadata.state_dict_metadata["model.0.bias"].size = torch.Size([-8])

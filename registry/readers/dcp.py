@@ -285,7 +285,8 @@ def split_other_state(tree: dict) -> tuple[dict, list[str]]:
 
 
 def _check_shards(parsed: ParsedMetadata, folder: str, storage_data: Any, limits: Limits) -> None:
-    """The shard files `storage_data` names exist (by stat; never opened) and their total size."""
+    """The shard files `storage_data` names (else the folder's `*.distcp` files) exist (by stat;
+    never opened), at most `limits.max_shards` of them, and their total size."""
     names: set[str] = set()
     if type(storage_data) is dict:
         for info in storage_data.values():
@@ -299,6 +300,8 @@ def _check_shards(parsed: ParsedMetadata, folder: str, storage_data: Any, limits
                 raise LimitError(f".metadata names more than {limits.max_shards:,} shard files")
     if not names:
         names = {n for n in os.listdir(folder) if n.endswith(".distcp")}
+        if len(names) > limits.max_shards:
+            raise LimitError(f"the folder holds more than {limits.max_shards:,} shard files")
         parsed.warnings.append(".metadata does not name its shard files (a custom storage writer?); "
                                "counted the *.distcp files")
     for name in sorted(names):
