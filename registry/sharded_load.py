@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import io
+import math
 import os
 import pickle
 from typing import Any
@@ -154,21 +155,16 @@ def sharded_lazy_tensors(info: CheckpointInfo) -> dict[str, Any]:
         return torch_zip_tensors(info.files[0], "module")
     source = DcpFolder(os.path.dirname(info.files[0]))
     names = sorted(source.by_name)
-    sizes = {}
-    for name in names:
-        dtype, shape = source.tensors[source.by_name[name]]
-        count = 1
-        for dim in shape:
-            count *= dim
-        sizes[name] = count * (ELEMENT_BYTES.get(dtype) or 1)
+    described = {name: source.tensors[source.by_name[name]] for name in names}  # (dtype, global shape)
+    sizes = {name: math.prod(shape) * (ELEMENT_BYTES.get(dtype) or 1) for name, (dtype, shape) in described.items()}
     batch: dict[str, Any] = {}
 
     def loader(name: str):
         def load() -> Any:
-            if name not in batch:
+            if name not in batch:  # read it and the names after it, up to BATCH_BYTES, in one DCP load
                 batch.clear()
-                start, total, wanted = names.index(name), 0, []
-                for other in names[start:]:
+                total, wanted = 0, []
+                for other in names[names.index(name):]:
                     if wanted and total + sizes[other] > BATCH_BYTES:
                         break
                     wanted.append(other)
@@ -177,8 +173,7 @@ def sharded_lazy_tensors(info: CheckpointInfo) -> dict[str, Any]:
             return batch.pop(name)
         return load
 
-    return {name: LazyTensor.of(name, source.tensors[source.by_name[name]][1], source.tensors[source.by_name[name]][0],
-                                load=loader(name)) for name in names}
+    return {name: LazyTensor.of(name, shape, dtype, load=loader(name)) for name, (dtype, shape) in described.items()}
 
 
 # --- DeepSpeed ----------------------------------------------------------------------------------
@@ -229,7 +224,6 @@ def _zero3_state_dict(folder: str, payload: dict, module: dict) -> dict[str, Any
     partition, in `param_shapes` order, and the concatenation trimmed to n is p.
 
     Raises `CheckpointError` when the partitions are missing, malformed or do not add up."""
-    import math
     from collections.abc import Mapping
 
     import torch
