@@ -327,25 +327,38 @@ def _cli_value(value: Any) -> str:
     return text if text.replace("_", "").replace("-", "").replace(".", "").isalnum() else f"'{text}'"
 
 
+def _nearest_scopes(info: CheckpointInfo) -> Iterable[tuple[str, Schema]]:
+    """The whole schema, and each sub-model holding at least half of its entries: a Lightning
+    checkpoint's `model.` or an SD file's `model.diffusion_model.` is compared without its prefix,
+    so the diff names what differs inside the model rather than the prefix on every name."""
+    whole = len(info.schema)
+    for prefix, schema in _prefixes(info, INFERENCE_PREFIX_DEPTH):
+        if not prefix or 2 * len(schema) >= whole:
+            yield prefix, schema
+
+
 def _nearest(reg: Any, info: CheckpointInfo, result: MatchResult, scope: Scope, path: str, limit: int) -> None:
     from .diff import diff_schemas
 
-    ranked: list[Candidate] = []
-    for sv, _ in reg.nearest_candidates(info.schema, limit=limit * 3):
-        if not scope.allows(sv.variant, sv.family):
-            continue
-        candidate = _candidate(sv, "")
-        candidate.diff = diff_schemas(reg.load_schema(sv.id), info.schema)
-        candidate.score = candidate.diff.score
-        ranked.append(candidate)
-    ranked.sort(key=lambda c: (-c.score, c.variant))
+    ranked: dict[str, Candidate] = {}
+    for prefix, schema in _nearest_scopes(info):
+        for sv, _ in reg.nearest_candidates(schema, limit=limit * 3):
+            if not scope.allows(sv.variant, sv.family):
+                continue
+            candidate = _candidate(sv, prefix)
+            candidate.diff = diff_schemas(reg.load_schema(sv.id), schema)
+            candidate.score = candidate.diff.score
+            known = ranked.get(sv.variant)
+            if known is None or candidate.score > known.score:
+                ranked[sv.variant] = candidate
+    ranked = sorted(ranked.values(), key=lambda c: (-c.score, c.variant))
     result.candidates = ranked[:limit]
     if not ranked:
         result.suggestions.append("no registered schema shares entries with this checkpoint: `registry variants list`")
         return
     best = ranked[0]
     result.diff = best.diff
-    if best.diff and best.diff.rename_rules:
+    if best.diff and best.diff.rename_rules and not best.prefix:  # the rules are for the whole file's names
         from .converters import RenameRules
 
         rules = RenameRules(tuple(best.diff.rename_rules))
