@@ -18,7 +18,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
-from .config_types import coerce, field_types, fill_dataclass, plain
+from .config_types import fill_dataclass, plain
 from .errors import UsageError
 from .schema import ModuleSignature, Schema, module_signature, schema_of_module
 
@@ -273,10 +273,6 @@ def family_of_variant(family_name: str, family_source: str | None) -> Family:
 
 
 # --- configs -----------------------------------------------------------------------------------
-
-# Kept for code written against the earlier private names.
-_field_types = field_types
-_coerce = coerce
 
 
 def make_config(family: Family, values: Mapping[str, Any] | None = None) -> Any:
