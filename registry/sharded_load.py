@@ -206,16 +206,29 @@ def _torch_load(path: str) -> Any:
 
 
 def load_deepspeed(info: CheckpointInfo) -> dict[str, Any]:
-    """The model tensors of a DeepSpeed checkpoint. Raises `CheckpointError`."""
+    """The model tensors of a DeepSpeed checkpoint (ZeRO-3: reassembled from its partitions).
+
+    Raises `CheckpointError` when a file cannot be loaded, and when frozen parameters the reader
+    found in `frozen_param_shapes` were left out of the save (`exclude_frozen_parameters`).
+    """
+    from collections.abc import Mapping
+
     model_states = info.files[0]
     payload = _torch_load(model_states)
     module = payload.get("module") if isinstance(payload, dict) else None
     if not isinstance(module, dict):
         raise CheckpointError(f"{model_states}: no `module` state dict")
     stage = info.metadata.get("deepspeed", {}).get("zero_stage")
-    if stage != 3:
-        return {name: tensor for name, tensor in module.items() if hasattr(tensor, "shape")}
-    return _zero3_state_dict(os.path.dirname(model_states), payload, module)
+    if stage == 3:
+        return _zero3_state_dict(os.path.dirname(model_states), payload, module)
+    state = {name: tensor for name, tensor in module.items() if hasattr(tensor, "shape")}
+    frozen = payload.get("frozen_param_shapes")
+    missing = [name for name in frozen if name not in state] if isinstance(frozen, Mapping) else []
+    if missing:
+        listed = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+        raise CheckpointError(f"{model_states}: the frozen parameters {listed} were not saved "
+                              "(save_checkpoint(exclude_frozen_parameters=True)); load them from the base model")
+    return state
 
 
 def _zero3_state_dict(folder: str, payload: dict, module: dict) -> dict[str, Any]:

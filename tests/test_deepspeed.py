@@ -215,6 +215,22 @@ def test_malformed_zero3_partitions_are_a_checkpoint_error(tmp_path, partition, 
     assert needle in error.value.message
 
 
+def test_frozen_parameters_left_out_of_the_save_are_named_when_loading(tmp_path):
+    shapes = {k: v.shape for k, v in mlp().state_dict().items()}
+    states = write_states(tmp_path / "global_step7" / "mp_rank_00_model_states.pt",
+                          shapes={k: v for k, v in shapes.items() if k != "0.weight"},
+                          frozen_param_shapes={"0.weight": shapes["0.weight"]})
+    payload = torch.load(states, weights_only=True)
+    del payload["module"]["0.weight"]  # save_checkpoint(exclude_frozen_parameters=True)
+    torch.save(payload, states)
+    info = read_checkpoint(tmp_path / "global_step7")
+    assert info.fingerprint == MODEL_FINGERPRINT  # the model's layout, frozen parameter included
+    with pytest.raises(CheckpointError) as error:
+        load_state_dict(info)
+    assert error.value.message == (f"{states}: the frozen parameters 0.weight were not saved "
+                                   "(save_checkpoint(exclude_frozen_parameters=True)); load them from the base model")
+
+
 class Payload:
     def __init__(self, command: str):
         self.command = command
