@@ -9,7 +9,8 @@ For your own trainer (README, "Your own models"):
   step, the checkpoint's other entries), or None for a folder without a checkpoint;
 - `start_run(model, resumed=...)` → `TrainingRun` (`checkpoint_metadata`, `log_checkpoint`, `end`);
 - `checkpoint_metadata(model, step=...)` and `log_checkpoint(path)` without a run;
-- `latest_checkpoint(folder)`: the newest checkpoint by name (step-N.pt, checkpoint-N/, Lightning);
+- `latest_checkpoint(folder)`: the newest checkpoint by name (step-N.pt, checkpoint-N/, Lightning,
+  DCP step-N/, DeepSpeed's `latest` tag), or None;
 - `RegistryError` (every error, with `exit_code`), `ResumeRefused` (no build loads the checkpoint).
 """
 
