@@ -7,6 +7,7 @@ fingerprint is made of is a lie (and torch's loader would read garbage or fail m
 
 from __future__ import annotations
 
+import math
 from bisect import bisect_left
 from itertools import product
 from typing import Any
@@ -93,15 +94,8 @@ def _check_tiling(what: str, shape: tuple[int, ...], boxes: list, budget: list[i
     The chunk edges cut each dimension into intervals; each cell of that grid must be covered
     once. Work is bounded by the grid's size, which for real sharding is the chunk count.
     """
-    volume = 1
-    for dim in shape:
-        volume *= dim
-    covered = 0
-    for _offsets, sizes in boxes:
-        part = 1
-        for size in sizes:
-            part *= size
-        covered += part
+    volume = math.prod(shape)
+    covered = sum(math.prod(sizes) for _offsets, sizes in boxes)
     if covered != volume:
         raise FormatError(f"{what}: its chunks hold {covered:,} elements but its global shape {list(shape)} has "
                           f"{volume:,}; the chunks do not tile the shape")
@@ -114,9 +108,7 @@ def _check_tiling(what: str, shape: tuple[int, ...], boxes: list, budget: list[i
             edges.add(offsets[axis])
             edges.add(offsets[axis] + sizes[axis])
         cuts.append(sorted(edges))
-    cells = 1
-    for edges in cuts:
-        cells *= len(edges) - 1
+    cells = math.prod(len(edges) - 1 for edges in cuts)
     budget[0] -= cells
     if budget[0] < 0:
         raise LimitError(f"{what}: its chunks cut the tensor into {cells:,} pieces; too fragmented to check")
