@@ -99,7 +99,7 @@ def user_config(family: Any, config: Any) -> Any:
     cls = import_target(origin.module)
     names = {p.name for p in inspect.signature(cls).parameters.values()
              if p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)}
-    if names and names <= set(fields):  # keyword arguments are the config
+    if names <= set(fields):  # keyword arguments are the config (none at all for `Class()`)
         return fields
     config_type = import_target(origin.config_class) if origin.config_class else _single_annotation(cls)
     if config_type is None or isinstance(config, config_type):

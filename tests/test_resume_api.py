@@ -334,6 +334,12 @@ class Net(nn.Module):
     def __init__(self, config: PlainConfig):
         super().__init__()
         self.proj = nn.Linear(config.width, 2 * config.width)
+
+
+class Fixed(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.proj = nn.Linear(3, 3)
 '''
 
 
@@ -341,6 +347,7 @@ class Net(nn.Module):
     ("MLP", {"width": 6}, {"width": 6, "depth": 2}),  # keyword arguments: a dict, so MLP(**config) rebuilds it
     ("GPT", {"n_layer": 2}, "GPTConfig(n_embd=8, n_layer=2)"),  # the config object its constructor takes
     ("Net", {"width": 3}, "PlainConfig width=3"),  # a plain config class, built from its fields
+    ("Fixed", {}, {}),  # no arguments at all: still the (empty) keyword arguments, Fixed(**{})
 ])
 def test_a_class_familys_config_comes_back_in_the_form_its_constructor_takes(db, tmp_path, monkeypatch, target, values,
                                                                            expected):
