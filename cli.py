@@ -26,9 +26,14 @@ from registry.errors import RegistryError
 from registry.interrupts import EXIT_INTERRUPTED, interrupts_deferred_during_native_imports
 
 
+# sysexits.h EX_SOFTWARE: an internal error (a bug), never a user's mistake.
+EXIT_INTERNAL = 70
+
+
 class RegistryGroup(click.Group):
     """Turns `RegistryError` into one line on stderr (plus its details and a hint) and its exit
-    code, Ctrl-C into exit 130, and takes its own options after a command name too."""
+    code, Ctrl-C into exit 130, any other exception (a bug) into one line and exit 70, and takes
+    its own options after a command name too."""
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         note_global_options(self)
@@ -52,6 +57,15 @@ class RegistryGroup(click.Group):
             if exc.hint:
                 click.echo(f"hint: {exc.hint}", err=True)
             ctx.exit(exc.exit_code)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise
+        except Exception as exc:  # a bug: still one line, never a traceback (unless --debug)
+            if debug_enabled():
+                raise
+            text = str(exc).splitlines()[0][:200] if str(exc) else ""
+            click.echo(f"error: unexpected {type(exc).__name__}{': ' + text if text else ''}", err=True)
+            click.echo("hint: this is a bug in registry; run again with --debug and report the traceback", err=True)
+            ctx.exit(EXIT_INTERNAL)
 
 
 @click.group(cls=RegistryGroup, context_settings={"help_option_names": ["-h", "--help"]})

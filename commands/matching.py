@@ -112,8 +112,13 @@ def resolve_command(ctx: click.Context, path: str, family: str | None, variant: 
     text = resolution_document(result, as_json=as_json or bool(output and output.endswith(".json")))
     if output:
         from registry.atomic import atomic_write
+        from registry.errors import UsageError
 
-        atomic_write(output, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+        try:
+            atomic_write(output, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+        except OSError as exc:  # a missing or read-only folder: nothing was written
+            raise UsageError(f"cannot write {output}: {exc.strerror or exc}",
+                             hint="name a file in an existing folder you can write to") from None
         click.echo(f"wrote {output}", err=True)
     else:
         click.echo(text, nl=False)

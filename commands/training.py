@@ -43,6 +43,7 @@ def train_command(ctx: click.Context, variant: str | None, family: str | None, o
     """
     from registry.training import TrainSpec, train
 
+    _check_out_dir(out_dir)
     spec = TrainSpec(out_dir=out_dir, steps=steps, every=every, variant=variant, family=family, resume=resume,
                      allow_partial=allow_partial, batch_size=batch_size, lr=lr, seed=seed, allow_unsafe=allow_unsafe)
     log = (lambda line: click.echo(line, err=True)) if as_json else click.echo
@@ -50,6 +51,24 @@ def train_command(ctx: click.Context, variant: str | None, family: str | None, o
     if result.rank == 0:  # under torchrun, rank 0 speaks for the job
         _report(result, as_json)
     ctx.exit(result.exit_code)
+
+
+def _check_out_dir(out_dir: str) -> None:
+    """Refuse an --out that cannot hold checkpoints before anything is recorded (exit 2); the
+    folder itself is created by the first checkpoint, so a failed run leaves none behind."""
+    import os
+
+    from registry.errors import UsageError
+
+    existing = os.path.abspath(out_dir)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    problem = ("is not a folder" if not os.path.isdir(existing)
+               else "is not writable" if not os.access(existing, os.W_OK | os.X_OK) else None)
+    if problem:
+        where = "" if existing == os.path.abspath(out_dir) else f" ({existing} {problem})"
+        raise UsageError(f"cannot write checkpoints to {out_dir}{where or ': it ' + problem}",
+                         hint="name a folder you can write to with --out")
 
 
 def _report(result, as_json: bool) -> None:

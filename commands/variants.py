@@ -32,6 +32,10 @@ def variants_list_command(ctx: click.Context, family: str | None, as_json: bool)
         emit_json([v.as_dict() for v in variants])
         return
     if not variants:
+        if family is not None:
+            from registry.families import get_family
+
+            get_family(family)  # an unknown family is a usage error (exit 2), not an empty list
         click.echo("no variants registered (`registry init` registers the built-in ones)", err=True)
         return
     echo_table(["variant", "family", "version", "fingerprint", "description"],

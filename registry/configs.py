@@ -24,6 +24,8 @@ def load_config_file(path: str | Path, key: str | None = None) -> dict[str, Any]
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise UsageError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"config file {path} is not text (YAML or JSON)") from None
     try:
         data = yaml.safe_load(text) if not str(path).endswith(".json") else json.loads(text)
     except (yaml.YAMLError, json.JSONDecodeError) as exc:

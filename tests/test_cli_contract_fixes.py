@@ -196,12 +196,13 @@ def test_ctrl_c_during_scan_exits_130_and_leaves_whole_rows(initialised, tmp_pat
         out, err = process.communicate(timeout=60)
         outcomes.append((process.returncode, err))
         assert "Traceback" not in err and "terminate called" not in err, err
-        assert process.returncode in (0, 130), (process.returncode, err)
+        # -SIGINT: the signal came after the command ended, as Python exits (a shell shows 130 too)
+        assert process.returncode in (0, 130, -signal.SIGINT), (process.returncode, err)
         if process.returncode == 130:
             assert err.strip().splitlines()[-1] == "interrupted"
         assert sorted(p.name for p in folder.rglob("*")) == before  # scan never writes beside files
         for path, fingerprint, size in _rows(db_path):  # every recorded row is whole
-            assert len(fingerprint) == 64 and size == os.path.getsize(path)
+            assert fingerprint.startswith("sha256:") and len(fingerprint) == 71 and size == os.path.getsize(path)
         with sqlite3.connect(db_path) as con:
             assert con.execute("PRAGMA integrity_check").fetchone() == ("ok",)
     assert any(code == 130 for code, _ in outcomes), outcomes  # the signals did land mid-scan
