@@ -17,7 +17,11 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-import click
+from registry.interrupts import exit_quietly_while_starting
+
+exit_quietly_while_starting()  # before the imports below: Ctrl-C while they load exits 130, one line
+
+import click  # noqa: E402
 
 # Absolute imports: `python cli.py` (the benchmarks' fallback) runs this file as a script.
 from registry.command.commands import audit, database, inference, matching, schemas, training, variants, web

@@ -359,3 +359,14 @@ def test_train_prints_progress_between_checkpoints(db, tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     progress = [line.split(" loss ")[0] for line in result.stdout.splitlines() if "steps/s" in line]
     assert progress == ["step 1/3", "step 2/3"]  # step 3 is the checkpoint's own line
+
+
+def test_ctrl_c_while_the_program_starts_exits_130_without_a_traceback():
+    program = ("import os, signal, sys, time\n"
+               "sys.argv[0] = '/usr/bin/registry'\n"
+               "from registry.interrupts import exit_quietly_while_starting\n"
+               "exit_quietly_while_starting()\n"
+               "os.kill(os.getpid(), signal.SIGINT)\n"
+               "time.sleep(10)\n")
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stderr) == (130, "interrupted\n")
