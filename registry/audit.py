@@ -191,16 +191,7 @@ class _Graph:
 
     def chain_order(self, root: str) -> list[str]:
         """The runs of the chain from `root`, depth first, siblings by start time."""
-        order: list[str] = []
-        stack, seen = [root], set()
-        while stack:
-            run_id = stack.pop()
-            if run_id in seen:
-                continue
-            seen.add(run_id)
-            order.append(run_id)
-            stack.extend(reversed(self.children.get(run_id, [])))
-        return order
+        return resume_order(root, self.children)
 
     def summary(self, run_id: str) -> RunSummary:
         run = self.runs[run_id]
@@ -217,11 +208,28 @@ class _Graph:
         )
 
 
+def resume_order(root: str, children: dict[str, list[str]]) -> list[str]:
+    """`root` and every run resumed from it, directly or not: depth first, each run's children in
+    the order given (start time); a cycle stops the walk."""
+    order: list[str] = []
+    stack, seen = [root], set()
+    while stack:
+        run_id = stack.pop()
+        if run_id in seen:
+            continue
+        seen.add(run_id)
+        order.append(run_id)
+        stack.extend(reversed(children.get(run_id, [])))
+    return order
+
+
 def _start_key(run: Any) -> tuple[datetime, str]:
     return run.started_at, run.id
 
 
-def _conversion(event: Any, checkpoints: dict[int, Any]) -> Conversion:
+def conversion_from_event(event: Any, checkpoints: dict[int, Any]) -> Conversion:
+    """The `Conversion` a `checkpoint.convert` event records; `checkpoints` (by id) names the file
+    a `registry convert` wrote when it is known."""
     details = event.details
     in_memory = bool(details.get("in_memory")) or event.subject.startswith("run ")
     if in_memory:
@@ -243,7 +251,8 @@ def conversions(reg: Any, since: datetime | None = None, variant: str | None = N
     """Every recorded conversion (oldest first) since `since` whose result is of `variant`."""
     if checkpoints is None:
         checkpoints = {c.id: c for c in reg.list_checkpoints()}
-    return [_conversion(e, checkpoints) for e in reg.events(since=since, variant=variant) if e.action == CONVERT_ACTION]
+    return [conversion_from_event(e, checkpoints) for e in reg.events(since=since, variant=variant)
+            if e.action == CONVERT_ACTION]
 
 
 def _graph(reg: Any) -> _Graph:

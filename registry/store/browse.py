@@ -8,7 +8,6 @@ dataclasses and dicts (never ORM rows). The field names follow the command line'
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Iterable
@@ -18,6 +17,7 @@ from sqlalchemy.orm import aliased
 
 from .orm import CheckpointRow, EventRow, FamilyRow, RunRow, SchemaRow, SchemaVersionRow, VariantRow
 from .records import CheckpointRecord, RunRecord
+from .tracking import checkpoint_record, run_record
 
 CONVERT_ACTION = "checkpoint.convert"
 # SQLite binds at most 32,766 parameters per statement; stay far below for IN (...) lists.
@@ -131,16 +131,6 @@ def _run_query():
             .join(FamilyRow, FamilyRow.id == VariantRow.family_id))
 
 
-def _run_record(row: RunRow, variant: str, family: str) -> RunRecord:
-    return RunRecord(
-        id=row.id, variant=variant, family=family, schema_version_id=row.schema_version_id,
-        config=json.loads(row.config_json), host=row.host, user=row.user, scheduler_job_id=row.scheduler_job_id,
-        world_size=row.world_size, code_revision=row.code_revision, started_at=row.started_at,
-        ended_at=row.ended_at, status=row.status, resumed_from_checkpoint_id=row.resumed_from_checkpoint_id,
-        parent_run_id=row.parent_run_id,
-    )
-
-
 def _chunks(values: Iterable[Any]) -> Iterable[list[Any]]:
     values = list(values)
     for start in range(0, len(values), _IN_CHUNK):
@@ -153,7 +143,7 @@ def runs_by_id(reg: Any, run_ids: Iterable[str]) -> dict[str, RunRecord]:
     with reg._read() as session:
         for chunk in _chunks(set(run_ids)):
             for row, variant, family in session.execute(_run_query().where(RunRow.id.in_(chunk))):
-                found[row.id] = _run_record(row, variant, family)
+                found[row.id] = run_record(row, variant, family)
     return found
 
 
@@ -169,22 +159,13 @@ def _checkpoint_query():
     )
 
 
-def _checkpoint_record(row: CheckpointRow, variant: str | None) -> CheckpointRecord:
-    return CheckpointRecord(
-        id=row.id, path=row.path, size=row.size, mtime=row.mtime, content_digest=row.content_digest,
-        format=row.format, container=row.container, wrapper=row.wrapper, prefix=row.prefix,
-        fingerprint=row.fingerprint, step=row.step, schema_version_id=row.schema_version_id,
-        variant=variant, run_id=row.run_id, created_at=row.created_at,
-    )
-
-
 def checkpoints_by_id(reg: Any, ids: Iterable[int]) -> dict[int, CheckpointRecord]:
     """The checkpoints with these ids (unknown ids are left out)."""
     found: dict[int, CheckpointRecord] = {}
     with reg._read() as session:
         for chunk in _chunks(set(ids)):
             for row, variant in session.execute(_checkpoint_query().where(CheckpointRow.id.in_(chunk))):
-                found[row.id] = _checkpoint_record(row, variant)
+                found[row.id] = checkpoint_record(row, variant)
     return found
 
 
@@ -195,7 +176,7 @@ def checkpoints_by_path(reg: Any, paths: Iterable[str]) -> dict[str, CheckpointR
         for chunk in _chunks(set(paths)):
             query = _checkpoint_query().where(CheckpointRow.path.in_(chunk)).order_by(CheckpointRow.id)
             for row, variant in session.execute(query):
-                found[row.path] = _checkpoint_record(row, variant)
+                found[row.path] = checkpoint_record(row, variant)
     return found
 
 
@@ -214,7 +195,7 @@ def checkpoints_of_runs(reg: Any, run_ids: Iterable[str]) -> dict[str, list[Chec
             query = _checkpoint_query().where(CheckpointRow.run_id.in_(chunk)).order_by(CheckpointRow.step,
                                                                                         CheckpointRow.id)
             for row, variant in session.execute(query):
-                out.setdefault(row.run_id, []).append(_checkpoint_record(row, variant))
+                out.setdefault(row.run_id, []).append(checkpoint_record(row, variant))
     return out
 
 
@@ -232,7 +213,7 @@ def checkpoints_page(reg: Any, *, page: int = 1, size: int = 100, unmatched: boo
     with reg._read() as session:
         total = session.scalar(select(func.count()).select_from(CheckpointRow).where(*conditions)) or 0
         query = _checkpoint_query().where(*conditions).order_by(CheckpointRow.id.desc()).offset(offset).limit(size)
-        items = [_checkpoint_record(row, variant) for row, variant in session.execute(query)]
+        items = [checkpoint_record(row, variant) for row, variant in session.execute(query)]
     return Page(items, number, size, total)
 
 
@@ -297,7 +278,7 @@ def search(reg: Any, text: str, *, limit: int = 50) -> dict[str, list[Any]]:
         match = CheckpointRow.path.contains(text, autoescape=True)
         if hexish:
             match = or_(match, CheckpointRow.fingerprint.startswith(fingerprint, autoescape=True))
-        checkpoints = [_checkpoint_record(row, variant) for row, variant in session.execute(
+        checkpoints = [checkpoint_record(row, variant) for row, variant in session.execute(
             _checkpoint_query().where(match).order_by(CheckpointRow.id.desc()).limit(limit))]
     return {"variants": variants, "schema_versions": versions, "checkpoints": checkpoints}
 

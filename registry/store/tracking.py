@@ -241,22 +241,32 @@ class TrackingMixin:
 
 
     def _checkpoint_record(self, session: Session, row: CheckpointRow) -> CheckpointRecord:
-        return CheckpointRecord(
-            id=row.id, path=row.path, size=row.size, mtime=row.mtime, content_digest=row.content_digest,
-            format=row.format, container=row.container, wrapper=row.wrapper, prefix=row.prefix,
-            fingerprint=row.fingerprint, step=row.step, schema_version_id=row.schema_version_id,
-            variant=self._variant_of(session, row), run_id=row.run_id, created_at=row.created_at,
-        )
+        return checkpoint_record(row, self._variant_of(session, row))
 
     def _run_record(self, session: Session, row: RunRow) -> RunRecord:
         variant, family = session.execute(
             select(VariantRow.name, FamilyRow.name).join(FamilyRow, FamilyRow.id == VariantRow.family_id)
             .where(VariantRow.id == row.variant_id)
         ).one()
-        return RunRecord(
-            id=row.id, variant=variant, family=family, schema_version_id=row.schema_version_id,
-            config=json.loads(row.config_json), host=row.host, user=row.user, scheduler_job_id=row.scheduler_job_id,
-            world_size=row.world_size, code_revision=row.code_revision, started_at=row.started_at,
-            ended_at=row.ended_at, status=row.status, resumed_from_checkpoint_id=row.resumed_from_checkpoint_id,
-            parent_run_id=row.parent_run_id,
-        )
+        return run_record(row, variant, family)
+
+
+def checkpoint_record(row: CheckpointRow, variant: str | None) -> CheckpointRecord:
+    """The plain record of a checkpoint row; `variant` is its matched (else its run's) variant."""
+    return CheckpointRecord(
+        id=row.id, path=row.path, size=row.size, mtime=row.mtime, content_digest=row.content_digest,
+        format=row.format, container=row.container, wrapper=row.wrapper, prefix=row.prefix,
+        fingerprint=row.fingerprint, step=row.step, schema_version_id=row.schema_version_id,
+        variant=variant, run_id=row.run_id, created_at=row.created_at,
+    )
+
+
+def run_record(row: RunRow, variant: str, family: str) -> RunRecord:
+    """The plain record of a run row, with its variant's and family's names."""
+    return RunRecord(
+        id=row.id, variant=variant, family=family, schema_version_id=row.schema_version_id,
+        config=json.loads(row.config_json), host=row.host, user=row.user, scheduler_job_id=row.scheduler_job_id,
+        world_size=row.world_size, code_revision=row.code_revision, started_at=row.started_at,
+        ended_at=row.ended_at, status=row.status, resumed_from_checkpoint_id=row.resumed_from_checkpoint_id,
+        parent_run_id=row.parent_run_id,
+    )

@@ -88,12 +88,12 @@ def _conversions(reg: Any, cache: dict | None = None) -> list[Any]:
 
 def _read_conversions(reg: Any) -> list[Any]:
     """The audit's `Conversion` records: one query for the events and one for the files they wrote."""
-    from registry.audit import _conversion
+    from registry.audit import conversion_from_event
 
     events = [SimpleNamespace(**e) for e in browse.conversion_events(reg)]
     ids = [e.details.get("id") for e in events if e.details.get("id") is not None]
     files = browse.checkpoints_by_id(reg, ids)
-    return [_conversion(e, files) for e in events]
+    return [conversion_from_event(e, files) for e in events]
 
 
 def _forest(reg: Any, conversions: list[Any], cache: dict | None = None) -> RunForest:

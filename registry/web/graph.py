@@ -91,16 +91,10 @@ class RunForest:
         return [run_id for run_id, parent in self.parent.items() if parent is None]
 
     def chain(self, root: str) -> list[str]:
-        """The runs of the chain from `root`, depth first, siblings by start time."""
-        order, stack, seen = [], [root], set()
-        while stack:
-            run_id = stack.pop()
-            if run_id in seen:
-                continue
-            seen.add(run_id)
-            order.append(run_id)
-            stack.extend(reversed(self.children.get(run_id, [])))
-        return order
+        """The runs of the chain from `root`, depth first, siblings by start time (as `registry audit`)."""
+        from registry.audit import resume_order
+
+        return resume_order(root, self.children)
 
 
 def _straight_stretches(order: list[str], forest: RunForest, converted: set[str]) -> list[list[str]]:
