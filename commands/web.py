@@ -24,11 +24,12 @@ def serve_command(ctx: click.Context, host: str, port: int) -> None:
     Example:
       registry serve --port 8765      # then open http://127.0.0.1:8765/
     """
-    from registry.web.app import serve
+    from registry.web.app import listen, serve
 
     with open_registry_from(ctx, readonly=True) as reg:
+        sock = listen(host, port)
         click.echo(f"serving {reg.url_display} read-only at http://{host}:{port}/ (Ctrl-C stops)", err=True)
-        serve(reg, host, port)
+        serve(reg, sock)
 
 
 @click.command("report")

@@ -225,3 +225,17 @@ def test_big_chain_page_stays_readable(reg, tiny_family, tmp_path, monkeypatch):
     html = pages.chain_page(Renderer(Links(static=False), "db"), reg, first)
     assert html.count('data-node="run-') == 2
     assert "198 resumed runs" in html
+
+
+def test_serve_on_a_busy_port_is_one_line_and_exit_2(reg, tmp_path):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        done = subprocess.run([sys.executable, "-m", "registry.command.cli", "--db", reg.url, "serve", "--port",
+                               str(port)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [f"error: cannot listen on 127.0.0.1:{port}: Address already in use",
+                                        "hint: choose another --port (or --host)"]

@@ -89,8 +89,28 @@ def create_app(reg: Any) -> Any:
     return Starlette(routes=routes)
 
 
-def serve(reg: Any, host: str, port: int) -> None:
-    """Serve the app until interrupted (uvicorn, one process)."""
+def listen(host: str, port: int) -> Any:
+    """A socket bound to `host`:`port`, bound here so a busy port is one clear error (exit 2)
+    before anything is printed, instead of uvicorn's log line and exit code.
+
+    Raises `UsageError` when the address cannot be bound (in use, not this machine's, no permission).
+    """
+    import socket
+
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError as exc:
+        raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror or exc}",
+                         hint="choose another --port (or --host)") from None
+    return sock
+
+
+def serve(reg: Any, sock: Any) -> None:
+    """Serve the app on the bound socket `sock` until interrupted (uvicorn, one process)."""
     import uvicorn
 
-    uvicorn.run(create_app(reg), host=host, port=port, log_level="warning")
+    server = uvicorn.Server(uvicorn.Config(create_app(reg), log_level="warning"))
+    server.run(sockets=[sock])
