@@ -6,7 +6,8 @@ runs `torch._C._c10d_init()`, which imports Python modules): the exception then 
 cannot pass it on and the process aborts with `terminate called after throwing an instance of
 'pybind11::error_already_set'` (exit 134, about one Ctrl-C in 20 during a `registry scan` that
 imports torch half-way). `interrupts_deferred_during_native_imports` holds such a SIGINT back
-until the import is done and raises it then, in plain Python code.
+until the import is done and raises it then, in plain Python code. Likewise while SQLAlchemy's
+connection pool resets a connection: it would catch the exception and print its traceback.
 """
 
 from __future__ import annotations
@@ -35,8 +36,19 @@ def _native_import_running() -> bool:
     return False
 
 
-def _raise_when_safe(_signum: int, _frame: Any) -> None:
-    if not _native_import_running():
+def _in_pool_cleanup(frame: Any) -> bool:
+    """True inside SQLAlchemy's connection-pool code, which catches an exception raised there
+    (e.g. while a garbage-collected connection is reset) and logs it with its traceback."""
+    depth = 0
+    while frame is not None and depth < 64:
+        if f"{os.sep}sqlalchemy{os.sep}pool{os.sep}" in frame.f_code.co_filename:
+            return True
+        frame, depth = frame.f_back, depth + 1
+    return False
+
+
+def _raise_when_safe(_signum: int, frame: Any) -> None:
+    if not _native_import_running() and not _in_pool_cleanup(frame):
         raise KeyboardInterrupt
     # Ask again shortly with a real SIGINT to the main thread (it also ends a blocking call there).
     timer = threading.Timer(_RETRY_SECONDS, signal.pthread_kill, (threading.main_thread().ident, signal.SIGINT))

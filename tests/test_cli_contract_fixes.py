@@ -370,3 +370,29 @@ def test_ctrl_c_while_the_program_starts_exits_130_without_a_traceback():
                "time.sleep(10)\n")
     done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=60)
     assert (done.returncode, done.stderr) == (130, "interrupted\n")
+
+
+def test_ctrl_c_inside_sqlalchemys_pool_cleanup_is_held_until_it_returns():
+    """SQLAlchemy catches an exception raised while its pool resets a connection and prints the
+    traceback ("Exception during reset or similar"): a Ctrl-C there is asked again a moment later."""
+    import os as os_
+    import types
+
+    from registry import interrupts
+
+    def frame(filename: str) -> types.SimpleNamespace:
+        return types.SimpleNamespace(f_code=types.SimpleNamespace(co_filename=filename), f_back=None)
+
+    asked_again: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, _frame: asked_again.append(signum))
+    try:
+        pool = frame(os_.sep.join(["", "venv", "sqlalchemy", "pool", "base.py"]))
+        interrupts._raise_when_safe(signal.SIGINT, types.SimpleNamespace(f_code=frame("x.py").f_code, f_back=pool))
+        deadline = time.monotonic() + 5
+        while not asked_again and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert asked_again == [signal.SIGINT]
+        with pytest.raises(KeyboardInterrupt):
+            interrupts._raise_when_safe(signal.SIGINT, frame(os_.sep.join(["", "app", "registry", "scan.py"])))
+    finally:
+        signal.signal(signal.SIGINT, previous)
