@@ -47,7 +47,14 @@ def _in_pool_cleanup(frame: Any) -> bool:
     return False
 
 
+# Set by every SIGINT the block below receives: a KeyboardInterrupt that some library caught and
+# dropped (seen: about one Ctrl-C in three during `registry schema`) still ends the command as interrupted.
+_received = False
+
+
 def _raise_when_safe(_signum: int, frame: Any) -> None:
+    global _received
+    _received = True
     if not _native_import_running() and not _in_pool_cleanup(frame):
         raise KeyboardInterrupt
     # Ask again shortly with a real SIGINT to the main thread (it also ends a blocking call there).
@@ -65,9 +72,13 @@ def interrupts_deferred_during_native_imports() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
         yield
         return
+    global _received
+    _received = False
     previous = signal.signal(signal.SIGINT, _raise_when_safe)
     try:
         yield
+        if _received:  # the interrupt was swallowed on its way out: end as interrupted all the same
+            raise KeyboardInterrupt
     finally:
         signal.signal(signal.SIGINT, previous)
 
