@@ -86,17 +86,13 @@ def interrupts_deferred_during_native_imports() -> Iterator[None]:
 def exit_quietly_while_starting() -> None:
     """Until a command runs, Ctrl-C (Python still importing the command line) exits 130 with one
     line instead of a `KeyboardInterrupt` traceback. Only in the `registry` program itself (the
-    installed script or `python -m registry`), never when the module is imported (by tests)."""
+    installed script or `python -m registry`, which import `registry.entry` first and are covered
+    from there; `python cli.py`), never when the module is imported (by tests)."""
     main = sys.modules.get("__main__")
     spec = getattr(main, "__spec__", None)
     program = os.path.basename(sys.argv[0] if sys.argv else "") == "registry" or (
         spec is not None and spec.name == "registry.__main__")
-    if (program and threading.current_thread() is threading.main_thread()
-            and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
-        signal.signal(signal.SIGINT, _exit_interrupted)
+    if program and threading.current_thread() is threading.main_thread():
+        from registry.entry import quiet_interrupts
 
-
-def _exit_interrupted(_signum: int, _frame: Any) -> None:
-    # Nothing is open yet (or any more, once a command has returned): exit at once.
-    os.write(2, b"interrupted\n")
-    os._exit(EXIT_INTERRUPTED)
+        quiet_interrupts()

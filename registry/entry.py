@@ -1,0 +1,45 @@
+"""The `registry` program's first code: the console script (setup.cfg) and `python -m registry`.
+
+Ctrl-C while Python is still importing the command line (click, the command modules: about 50 ms,
+more on a loaded machine) would otherwise print a `KeyboardInterrupt` traceback. So this module
+imports nothing that is not already loaded when Python has started (`os`, `sys`, the built-in
+`signal`) and, as it is imported, makes SIGINT exit at once with one line and exit 130. Once a
+command runs, `cli.py` replaces that with `registry.interrupts`' handling (Ctrl-C mid-command:
+clean up, then exit 130). What runs before this module (the interpreter's own start-up and
+`site`, which processes the installed `.pth` files) is out of any package's reach.
+
+Only the program imports this module: importing it elsewhere would replace the SIGINT handler.
+"""
+
+import os
+import signal
+
+# 128 + SIGINT: what a shell reports after Ctrl-C.
+EXIT_INTERRUPTED = 130
+
+
+def exit_interrupted(_signum, _frame):
+    """SIGINT handler for while nothing is open yet (or any more): one line on stderr, exit 130."""
+    os.write(2, b"interrupted\n")
+    os._exit(EXIT_INTERRUPTED)
+
+
+def quiet_interrupts() -> None:
+    """Install `exit_interrupted` for SIGINT unless the program has a handler already (or ignores
+    SIGINT, as a background job does). Only the main thread can install a handler."""
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        try:
+            signal.signal(signal.SIGINT, exit_interrupted)
+        except ValueError:  # not the main thread
+            pass
+
+
+quiet_interrupts()
+
+
+def main() -> None:
+    """Run the `registry` command line (exits with its exit code)."""
+    from registry.command.cli import main as command_line
+
+    command_line(prog_name="registry")
+
