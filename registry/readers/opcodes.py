@@ -29,6 +29,7 @@ def _proto(vm, data, pos):
     version = vm.take(pos, 1)[0]
     if version > 5:
         raise FormatError(f"unsupported pickle protocol {version}")
+    vm.proto = version  # protocols 0-2 name Python 2 globals (`policy.python3_name`)
     return pos + 1
 
 

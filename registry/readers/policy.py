@@ -20,7 +20,8 @@ from registry.errors import UnsafeCheckpointError
 from .interpret import TABLE
 from .records import Global, Instance
 
-# Python 2 names that Python 3's unpickler maps (protocol < 3 pickles still carry them).
+# Python 2 module names, mapped at every protocol (a protocol 0-2 pickle's names are first mapped
+# by `python3_name`, as the unpickler does): `__builtin__.eval` is dangerous whatever the protocol.
 MODULE_ALIASES = {"__builtin__": "builtins", "copy_reg": "copyreg", "exceptions": "builtins"}
 
 # Everything inside these modules can run code, touch files or the network, or reach one that can.
@@ -45,6 +46,18 @@ DANGEROUS_NAMES = frozenset({
     "numpy.load", "numpy.lib.npyio.load", "numpy.lib._npyio_impl.load", "numpy.fromfile",
     "numpy.loadtxt", "numpy.genfromtxt", "numpy.memmap", "numpy.core.memmap", "numpy._core.memmap",
 })
+
+
+def python3_name(module: str, name: str) -> tuple[str, str]:
+    """The `(module, name)` Python 3 resolves a protocol 0-2 pickle's global to, as torch.load's
+    unpickler does (`fix_imports`): `__builtin__.long` is `builtins.int`, `copy_reg.X` is
+    `copyreg.X`, `__builtin__.reduce` is `functools.reduce`. Uses the table `pickle` itself uses."""
+    import _compat_pickle
+
+    mapped = _compat_pickle.NAME_MAPPING.get((module, name))
+    if mapped is not None:
+        return mapped
+    return _compat_pickle.IMPORT_MAPPING.get(module, module), name
 
 
 def classify(module: str, name: str) -> Global:

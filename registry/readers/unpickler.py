@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 from .limits import FormatError, LimitError, Limits, NeedMoreData
 from .opcodes import TABLE
-from .policy import Findings, classify
+from .policy import Findings, classify, python3_name
 from .records import Global, Instance, StorageRef, TensorRecord
 
 _u4 = struct.Struct("<I").unpack_from
@@ -51,6 +51,7 @@ class MetadataUnpickler:
         self.metastack: list[list] = []
         self.memo: dict[int, Any] = {}
         self.globals: dict[tuple[str, str], Global] = {}
+        self.proto = 0  # set by the PROTO opcode; a record without one is protocol 0 or 1
         self.tensors: list[TensorRecord] = []
         self.stop_at = -1
 
@@ -61,6 +62,7 @@ class MetadataUnpickler:
 
         Raises FormatError (corrupt), LimitError (a bound reached) or NeedMoreData.
         """
+        self.proto = 0
         data, table, end = self.data, TABLE, self.end
         memo, metastack = self.memo, self.metastack
         max_memo, max_depth = self.limits.max_memo, self.limits.max_depth
@@ -177,6 +179,8 @@ class MetadataUnpickler:
     # --- meaning of globals and calls -----------------------------------------------------------
 
     def find_global(self, module: str, name: str) -> Global:
+        if self.proto < 3:  # as torch.load's unpickler resolves it (fix_imports)
+            module, name = python3_name(module, name)
         key = (module, name)
         found = self.globals.get(key)
         if found is None:
