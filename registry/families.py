@@ -258,18 +258,46 @@ def class_family(target: str, *, config_class: str | type | None = None) -> Fami
     return resolve(target, config_class=config_class)
 
 
-def family_of_variant(family_name: str, family_source: str | None) -> Family:
-    """The family that builds a registered variant, using its recorded source for a class family
-    whose config class was named explicitly. Raises like `get_family`."""
-    source = FamilySource.from_label(family_source) if family_source else None
-    if source is not None and source.kind == "class" and source.config_class and family_name not in _FAMILIES:
-        from .class_family import class_family
+def family_of_variant(variant: Any, family_source: str | None = None, *, registry: Any = None) -> Family:
+    """The family that builds a registered variant: the one door for code that holds a variant
+    (or a plan, a match) and needs its family, so a class family whose constructor takes a config
+    object is built with the config class it was registered with, in any process.
+
+    `variant` is anything with `.family` and `.family_source` (a `VariantRecord`, a `ResumePlan`)
+    or a family name; for a name, `family_source` is its recorded source, and without one,
+    `registry` (an open `Registry`) is asked which source its variants of that family recorded.
+    A family that is loaded already is returned as it is. Raises like `get_family`:
+    `FamilyNotLoadedError` (exit 2) when no loaded plugin provides it or its class cannot be found,
+    `PluginError` when importing it fails, `UsageError` for a class that is not one.
+    """
+    if isinstance(variant, str):
+        family_name = variant
+    else:
+        family_name, family_source = variant.family, family_source or getattr(variant, "family_source", None)
+    if family_name not in _FAMILIES and ":" in family_name:
         from .plugins import load_plugins
 
         load_plugins()
         if family_name not in _FAMILIES:
-            return class_family(family_name, config_class=source.config_class)
+            config_class = _recorded_config_class(family_name, family_source, registry)
+            if config_class is not None:
+                from .class_family import class_family
+
+                return class_family(family_name, config_class=config_class)
     return get_family(family_name)
+
+
+def _recorded_config_class(family_name: str, family_source: str | None, registry: Any) -> str | None:
+    """The config class a class family was registered with: from its source label, else from the
+    first variant of that family in `registry` whose source names one."""
+    labels = [family_source] if family_source else []
+    if not labels and registry is not None:
+        labels = [v.family_source for v in registry.list_variants(family_name) if v.family_source]
+    for label in labels:
+        source = FamilySource.from_label(label)
+        if source is not None and source.kind == "class" and source.config_class:
+            return source.config_class
+    return None
 
 
 # --- configs -----------------------------------------------------------------------------------

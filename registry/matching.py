@@ -225,9 +225,9 @@ def _from_fingerprint(reg: Any, info: CheckpointInfo, result: MatchResult, scope
 
 def _source_configs(reg: Any, family_name: str, schema: Schema) -> list[Any]:
     """Configs of `family_name` that build `schema` exactly: registered variants first, then inference."""
-    from .families import get_family, make_config
+    from .families import family_of_variant, make_config
 
-    family = get_family(family_name)
+    family = family_of_variant(family_name, registry=reg)
     configs = [
         make_config(family, reg.get_variant(sv.variant).config)
         for sv in reg.find_by_fingerprint(schema.fingerprint)
@@ -246,12 +246,12 @@ def _inferred_configs(family: Any, schema: Schema) -> list[Any]:
 
 def _from_converters(reg: Any, info: CheckpointInfo, result: MatchResult, scope: Scope) -> bool:
     from .converters import converters
-    from .families import build_schema, config_dict, get_family
+    from .families import build_schema, config_dict, family_of_variant
 
     for converter in converters():
         if scope.family not in (None, converter.target_family):
             continue
-        target_family = get_family(converter.target_family)
+        target_family = family_of_variant(converter.target_family, registry=reg)
         for prefix, schema in _prefixes(info, INFERENCE_PREFIX_DEPTH):
             for source_config in _source_configs(reg, converter.source_family, schema):
                 target = build_schema(target_family, converter.target_config(source_config))
@@ -266,11 +266,14 @@ def _from_converters(reg: Any, info: CheckpointInfo, result: MatchResult, scope:
     return False
 
 
-def _from_inference(info: CheckpointInfo, result: MatchResult, scope: Scope) -> bool:
+def _from_inference(reg: Any, info: CheckpointInfo, result: MatchResult, scope: Scope) -> bool:
     """A family's hand-written hook first (fast), then the generic solver for families without one."""
     from .families import families
 
-    candidates = [f for f in families() if scope.family in (None, f.name) and scope.variant is None]
+    if scope.variant is not None:
+        return False
+    candidates = [f for f in families() if scope.family in (None, f.name)]
+    candidates += _registered_class_families(reg, scope, {f.name for f in candidates}, result)
     for family in candidates:
         for prefix, schema in _prefixes(info, INFERENCE_PREFIX_DEPTH):
             configs = _inferred_configs(family, schema)
@@ -278,6 +281,25 @@ def _from_inference(info: CheckpointInfo, result: MatchResult, scope: Scope) -> 
                 _report_inferred(result, family, configs[0], prefix)
                 return True
     return _from_generic_inference(info, result, [f for f in candidates if f.infer_configs is None])
+
+
+def _registered_class_families(reg: Any, scope: Scope, loaded: set[str], result: MatchResult) -> list[Any]:
+    """Class families of registered variants that no plugin loads (added by hand with `--class`),
+    resolved with the config class they were registered with, where their class imports here; a
+    class that cannot be found here is left out, one that fails to import is a warning."""
+    from .errors import FamilyNotLoadedError, RegistryError
+    from .families import family_of_variant
+
+    names = sorted({v.family for v in reg.list_variants(scope.family) if ":" in v.family} - loaded)
+    out = []
+    for name in names:
+        try:
+            out.append(family_of_variant(name, registry=reg))
+        except FamilyNotLoadedError:
+            continue
+        except RegistryError as exc:
+            result.warnings.append(f"config inference skipped class family {name}: {exc.message}")
+    return out
 
 
 def _from_generic_inference(info: CheckpointInfo, result: MatchResult, candidates: list[Any]) -> bool:
@@ -314,6 +336,8 @@ def _report_inferred(result: MatchResult, family: Any, config: Any, prefix: str)
         defaults = {}
     sets = " ".join(f"--set {k}={_cli_value(v)}" for k, v in values.items() if defaults.get(k) != v)
     source = f"--class {family.name}" if ":" in family.name else f"--family {family.name}"
+    if family.origin is not None and family.origin.config_class:
+        source += f" --config-class {family.origin.config_class}"
     short = family.name.rsplit(":", 1)[-1].lower() if ":" in family.name else family.name
     result.suggestions.append(
         f"registry variants add {short}/NAME {source} {sets}".rstrip() + "   # register it, then match again"
@@ -387,7 +411,7 @@ def match_checkpoint(
     for step in (_from_embedded, _from_record, _from_fingerprint, _from_converters):
         if step(reg, info, result, scope):
             return result
-    if _from_inference(info, result, scope):
+    if _from_inference(reg, info, result, scope):
         return result
     _nearest(reg, info, result, scope, path, nearest)
     return result
