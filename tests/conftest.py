@@ -57,6 +57,20 @@ def pg_server():
     server.stop()
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """torch on one intra-op thread for a module's tests (opt in:
+    `pytestmark = pytest.mark.usefixtures("one_thread")`). Tiny models gain nothing from intra-op
+    threads, and on a shared 2-core machine spinning OpenMP workers made such tests several times
+    slower."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def sqlite_url(tmp_path) -> str:
     """URL of a registry SQLite file that does not exist yet."""

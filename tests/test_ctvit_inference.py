@@ -8,7 +8,6 @@ import functools
 
 import pytest
 from conftest import reference_text
-import torch
 
 from registry.catalog import builtin_variants
 from registry.configs import config_from_options
@@ -43,14 +42,7 @@ OTHER_CONFIGS = {
     "gan-saturated-discr": {**TINY, "use_vgg_and_gan": True, "discr_base_dim": 200, "discr_image_size": 16},
 }
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Meta builds gain nothing from intra-op threads on a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # meta builds gain nothing from intra-op threads
 
 
 @functools.lru_cache(maxsize=None)

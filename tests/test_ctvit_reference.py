@@ -27,14 +27,7 @@ from registry.models.ctvit_attention import GEGLU, PEG, Attention, FlashAttentio
 TOLERANCE = 1e-5
 OUTPUTS = ["patches", "pre_quant", "tokens", "pixels", "single.tokens"]
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from intra-op threads; on a shared 2-core machine they cost a lot."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
