@@ -22,8 +22,10 @@ DEMO = Path(__file__).resolve().parent.parent / "examples" / "slurm" / "demo_req
 TRAIN = DEMO.with_name("train.sbatch")
 
 
-@pytest.fixture
-def cluster(tmp_path):
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """One cluster for the module's tests (starting one costs seconds); each test waits for its
+    own jobs to end, and a job id is never reused."""
     missing = find_missing()
     reason = None
     if missing:
@@ -34,7 +36,7 @@ def cluster(tmp_path):
         if REQUIRE_SLURM:
             pytest.fail(reason + " and REGISTRY_REQUIRE_SLURM=1")
         pytest.skip(reason)
-    with SlurmCluster(tmp_path / "slurm") as running:
+    with SlurmCluster(tmp_path_factory.mktemp("slurm")) as running:
         yield running
 
 
@@ -74,21 +76,21 @@ def test_job_signalled_by_the_test_requeues_and_resumes(cluster, tmp_path):
     work = tmp_path / "work"
     work.mkdir()
     job_id = cluster.sbatch(DEMO, "--time=0:10:00", "-o", str(work / "slurm-%j.out"),
-                            env={"DEMO_DIR": str(work), "DEMO_TARGET": "12"})
+                            env={"DEMO_DIR": str(work), "DEMO_TARGET": "8"})
     state = work / f"step.{job_id}"  # the demo's saved step, replaced atomically every second
     deadline = time.monotonic() + 60
-    while not (state.exists() and int(state.read_text()) >= 3):
+    while not (state.exists() and int(state.read_text()) >= 2):
         assert time.monotonic() < deadline, cluster.log_tail()
         time.sleep(0.2)
     cluster.run("scancel", "--signal=USR1", "--batch", str(job_id))
     assert cluster.wait_job(job_id, timeout=120) == "COMPLETED"
     events = read_events(work / "events")
     assert list(events) == [str(job_id)]
-    assert_one_requeue(events[str(job_id)], target=12)
+    assert_one_requeue(events[str(job_id)], target=8)
     assert cluster.job_info(job_id)["Restarts"] == "1"
     # --open-mode=append: the rerun did not truncate the first run's output
     output = (work / f"slurm-{job_id}.out").read_text()
-    assert output.count(" start step=") == 2 and " done step=12 " in output, output
+    assert output.count(" start step=") == 2 and " done step=8 " in output, output
 
 
 @pytest.mark.parametrize("launcher", ["", "torchrun --standalone --nproc_per_node 2 --no-python"],
@@ -96,10 +98,12 @@ def test_job_signalled_by_the_test_requeues_and_resumes(cluster, tmp_path):
 def test_registry_train_is_warned_before_its_time_limit_requeued_and_resumed_in_one_run_chain(cluster, tmp_path,
                                                                                               launcher):
     """The real path with the real trainer: examples/slurm/train.sbatch as task 3 of an array,
-    with a 2-minute limit and --signal=B:USR1@50, so Slurm itself warns the job 40-70 s in; the
-    trainer checkpoints and exits 75, the script requeues the job, and the rerun resumes at the
-    saved step. The job has more steps than it could ever finish; once the rerun has resumed,
-    the test cancels it. About 80 s."""
+    with a 2-minute limit and --signal=B:USR1@70, so Slurm itself warns the job 20-50 s in
+    (slurmctld checks every 30 s and warns once `time left <= 70 + 30 s`): late enough for the
+    trainer to be running, early enough for a short test. The trainer checkpoints and exits 75,
+    the script requeues the job, and the rerun resumes at the saved step (its own warning would
+    come 20 s in at the earliest; it resumes within a few). The job has more steps than it could
+    ever finish; once the rerun has resumed, the test cancels it. About 50 s."""
     from registry.catalog import get_builtin_variant
     from registry.store import open_registry
     from registry.store.variants import init_builtin_variants
@@ -111,7 +115,7 @@ def test_registry_train_is_warned_before_its_time_limit_requeued_and_resumed_in_
     bin_dir = str(Path(sys.executable).parent)
     env = {"REGISTRY_DB": db, "TRAIN_VARIANT": "ctvit/tiny", "TRAIN_STEPS": "10000000", "TRAIN_EVERY": "1000",
            "TRAIN_OUT": str(out), "TRAIN_LAUNCHER": launcher, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
-    array_id = cluster.sbatch(TRAIN, "--array=3", "--time=0:02:00", "--signal=B:USR1@50", "-o", str(log),
+    array_id = cluster.sbatch(TRAIN, "--array=3", "--time=0:02:00", "--signal=B:USR1@70", "-o", str(log),
                               env=env, cwd=tmp_path)
     task = f"{array_id}_3"
     deadline = time.monotonic() + 240
