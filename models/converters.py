@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-from registry.converters import register_converter
+from registry.converters import register_renaming_converter
 
-from .ldm_unet import diffusers_config_for, diffusers_state_dict
+from .ldm_names import diffusers_names
+from .ldm_unet import diffusers_config_for
 
-
-@register_converter(
+LDM_TO_DIFFUSERS = register_renaming_converter(
     "ldm-unet->diffusers-unet",
     source_family="ldm-unet",
     target_family="diffusers-unet",
     exact=True,
     target_config=diffusers_config_for,
-    description="CompVis/LDM UNet names to diffusers UNet2DConditionModel, with diffusers' convert_ldm_unet_checkpoint",
-    plan_depends_on=("diffusers",),
+    renames=diffusers_names,
+    description="CompVis/LDM UNet names to diffusers UNet2DConditionModel names (what diffusers' "
+    "convert_ldm_unet_checkpoint does for these UNets; a pure rename)",
 )
-def ldm_to_diffusers(state_dict, source_config):
-    return diffusers_state_dict(state_dict, source_config)

@@ -3,9 +3,10 @@
 Its checkpoints hold `input_blocks.1.0.in_layers.2.weight`, `out_layers`, `skip_connection`, ...
 where diffusers' `UNet2DConditionModel` holds `down_blocks.0.resnets.0.conv1.weight`, ... — and for
 equivalent configs the two layouts map onto each other exactly. `diffusers_config_for(config)`
-gives the equivalent `diffusers-unet` config; `diffusers_state_dict(...)` converts weights with
-diffusers' own converter. `tests/test_ldm_unet.py` proves both: no missing or unexpected key, equal
-shapes, equal outputs.
+gives the equivalent `diffusers-unet` config; `ldm_names.diffusers_names(config)` renames the
+weights (what diffusers' own `convert_ldm_unet_checkpoint` does, in pure Python).
+`tests/test_ldm_unet.py` and `tests/test_ldm_names.py` prove both: no missing or unexpected key,
+equal shapes, equal outputs, the same names as diffusers' converter.
 
 The config speaks LDM's language (the `unet_config.params` of a Stable Diffusion YAML) but keeps
 only what changes the model. LDM flags that do not (`use_checkpoint`, `use_fp16`,
@@ -174,15 +175,16 @@ def diffusers_config_for(config: LDMUNetConfig) -> DiffusersUNetConfig:
 
 
 def diffusers_state_dict(state_dict: Mapping[str, Any], config: LDMUNetConfig) -> dict[str, Any]:
-    """`state_dict` of an `ldm-unet` built with `config`, renamed by diffusers' own converter.
+    """`state_dict` of an `ldm-unet` built with `config` (or any part of it: optimizer moments),
+    under diffusers' names (`ldm_names.diffusers_names`).
 
     Returns the state dict for `UNet2DConditionModel(**diffusers_config_for(config).diffusers_kwargs())`
-    holding the same tensor objects (nothing is copied, so meta tensors work too).
+    holding the same tensor objects (nothing is copied, so meta tensors work too). Raises
+    `registry.converters.ConversionError` for a name such a UNet does not have.
     """
-    from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint
+    from .converters import LDM_TO_DIFFUSERS
 
-    checkpoint = {LDM_UNET_PREFIX + name: tensor for name, tensor in state_dict.items()}
-    return convert_ldm_unet_checkpoint(checkpoint, diffusers_config_for(config).diffusers_kwargs())
+    return LDM_TO_DIFFUSERS.convert_state_dict(state_dict, config)
 
 
 def make_batch(config: LDMUNetConfig, batch_size: int, generator):

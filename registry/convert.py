@@ -2,9 +2,11 @@
 
 The source file is never modified. The result's fingerprint is verified against the target
 variant's latest schema version before a byte is written. A `.safetensors` output from a torch
-zip or safetensors source is streamed (`registry.streaming`): names are converted by running the
-converter on meta tensors, bytes are copied by the kernel, memory stays flat. Other outputs, and
-converters that compute tensors, go through memory (load, convert, save).
+zip or safetensors source is streamed (`registry.streaming`): names are converted by the
+converter's own renaming function (a renaming converter: no model code runs, torch is not
+imported) or by running the converter once on meta tensors (any other converter), bytes are
+copied by the kernel, memory stays flat. Other outputs, and converters that compute tensors, go
+through memory (load, convert, save).
 
 Nothing is half-written: the output is written to a temporary file and fsynced, the conversion
 is recorded in the registry (a checkpoint row and an event, one transaction), and only then is
@@ -24,9 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from .converters import Converter, RenameRules, converters
+from .converters import ConversionError, Converter, RenameRules, converters  # ConversionError: also importable from here
 from .diff import diff_schemas
-from .errors import RegistryError, UsageError
+from .errors import UsageError
 from .families import get_family, make_config
 from .matching import CONVERTIBLE, EXACT, match_checkpoint
 from .readers import CheckpointInfo, read_checkpoint
@@ -35,12 +37,6 @@ from .tensors import REGISTRY_KEY, load_state_dict, save_checkpoint
 
 # (stage, done, total): stages "reading", "matching", "converting" carry no counts; "writing" counts bytes.
 Progress = Callable[[str, int, int], None]
-
-
-class ConversionError(RegistryError):
-    """No converter (or the given renames) turns the checkpoint into the target: a negative answer."""
-
-    exit_code = 1
 
 
 class OutputError(UsageError):
@@ -152,10 +148,7 @@ def _state_in_memory(info: CheckpointInfo, method: Method) -> dict:
 
 def _streamed_tensors(info: CheckpointInfo, method: Method, allow_unsafe: bool) -> list | None:
     """The target tensors as byte ranges of the source file, or None when only memory can convert it."""
-    from .families import canonical_config_json
     from .streaming import NotStreamable, lazy_tensors, rename_tensors
-    from .streaming.plan import apply_plan
-    from .streaming.plan_cache import cached_plan
 
     try:
         tensors = lazy_tensors(info, allow_unsafe=allow_unsafe)
@@ -168,6 +161,15 @@ def _streamed_tensors(info: CheckpointInfo, method: Method, allow_unsafe: bool) 
         inner = {name[cut:]: t.renamed(name[cut:]) for name, t in tensors.items() if name.startswith(method.prefix)}
         if method.converter is None:
             return list(inner.values())
+        if method.converter.renames is not None:  # a pure rename: no tracing, no torch
+            try:
+                return rename_tensors(inner, method.converter.renamer(method.source_config))
+            except ValueError as exc:  # two names mapped onto one
+                raise ConversionError(f"{method.converter.name} {exc}") from None
+        from .families import canonical_config_json
+        from .streaming.plan import apply_plan
+        from .streaming.plan_cache import cached_plan
+
         config_text = canonical_config_json(method.source_config)
         return apply_plan(cached_plan(method.converter, inner, method.source_config, config_text), inner)
     except NotStreamable:

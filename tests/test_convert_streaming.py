@@ -4,13 +4,15 @@ The reference everywhere is diffusers' pipeline as a user would run it: load the
 torch, `convert_ldm_unet_checkpoint`, save. The streamed output must hold the same names, shapes,
 dtypes and bytes - including for the awkward storages torch can write (strided views, several
 tensors in one storage, compressed zip members, half precision) - and the fallbacks (a legacy
-torch file, a converter that computes) must still convert.
+torch file, a converter that computes) must still convert. The built-in converter only renames,
+so it streams from its own name mapping; a converter that is a plain function (a user plugin's)
+is traced on meta tensors once and its plan cached.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import os
 import subprocess
 import sys
 import zipfile
@@ -194,31 +196,94 @@ def test_a_reader_can_supply_tensors_that_load_themselves(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["assembled.safetensors"]  # no temporary file left
 
 
-def test_a_second_convert_of_the_same_layout_reuses_the_traced_plan_without_diffusers(db, tmp_path, plan_cache):
+def test_the_builtin_conversion_imports_neither_torch_nor_diffusers(db, tmp_path):
+    """A renaming converter streams from its own name mapping: the whole `registry convert` process,
+    run as a user runs it, never imports torch or diffusers (nor needs a plan cache)."""
+    source = tmp_path / "sd.ckpt"
+    torch.save({"state_dict": sd_file_state(ldm_state(seed=6)), "global_step": 7}, source)
+    out = tmp_path / "unet.safetensors"
+    run = subprocess.run([sys.executable, "-X", "importtime", "-m", "registry", "--db", db, "convert", str(source),
+                          "--to", "diffusers-unet/tiny", "-o", str(out), "--json"],
+                         capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-2000:]
+    imported = {line.rsplit("|", 1)[-1].strip() for line in run.stderr.splitlines() if line.startswith("import time:")}
+    assert "registry.streaming" in imported  # the timing really lists the modules imported
+    heavy = sorted(name for name in imported if name.split(".")[0] in ("torch", "diffusers", "numpy"))
+    assert heavy == []
+    report = json.loads(run.stdout)
+    assert (report["streamed"], report["method"], report["step"]) == (True, "ldm-unet->diffusers-unet", 7)
+    assert_same_tensors(out, diffusers_reference(source))
+    assert not (tmp_path / "cache").exists()  # nothing traced, nothing cached
+
+
+def test_a_renaming_converter_that_has_no_name_for_an_entry_is_one_clear_line(db, tmp_path, monkeypatch):
+    """A (user's) renaming converter that does not know one of the source's names: exit 1, the
+    entry named, no output - streamed or in memory."""
+    from registry import converters as registry_converters
+    from registry.models.ldm_names import diffusers_names
+    from registry.models.ldm_unet import diffusers_config_for
+
+    def forgetful(config):
+        rename = diffusers_names(config)
+        return lambda name: None if name == "out.2.bias" else rename(name)
+
+    monkeypatch.setattr(registry_converters, "_CONVERTERS", dict(registry_converters._CONVERTERS))
+    registry_converters.register_renaming_converter(
+        "ldm-unet->diffusers-unet", source_family="ldm-unet", target_family="diffusers-unet", exact=True,
+        target_config=diffusers_config_for, renames=forgetful)
+    source = tmp_path / "sd.ckpt"
+    torch.save(sd_file_state(ldm_state(seed=7)), source)
+    for out in ("unet.safetensors", "unet.pt"):
+        result = CliRunner().invoke(main, ["--db", db, "convert", str(source), "--to", "diffusers-unet/tiny",
+                                           "-o", str(tmp_path / out)])
+        assert result.exit_code == 1, result.output
+        assert result.stderr.strip().splitlines() == [
+            "error: ldm-unet->diffusers-unet has no target name for the entry 'out.2.bias': "
+            "not a tensor of a ldm-unet with this config"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sd.ckpt"]
+
+
+# --- converters that are not declared as renames: traced once, the plan cached -------------------
+
+
+def diffusers_function(state, config):
+    """A converter as a user plugin may write one: diffusers' own function, run as it is."""
+    from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint
+
+    from registry.models.ldm_unet import diffusers_config_for
+
+    checkpoint = {PREFIX + name: tensor for name, tensor in state.items()}
+    return convert_ldm_unet_checkpoint(checkpoint, diffusers_config_for(config).diffusers_kwargs())
+
+
+@pytest.fixture
+def traced(monkeypatch):
+    """The built-in converter's place taken by one that must be traced (a plain function)."""
+    from registry import converters as registry_converters
+
+    [builtin] = [c for c in registry_converters.converters() if c.name == "ldm-unet->diffusers-unet"]
+    replacement = dataclasses.replace(builtin, convert_state_dict=diffusers_function, renames=None,
+                                      plan_depends_on=("diffusers",))
+    monkeypatch.setitem(registry_converters._CONVERTERS, builtin.name, replacement)
+    return replacement
+
+
+def test_a_second_convert_of_the_same_layout_reuses_the_traced_plan_without_diffusers(db, tmp_path, plan_cache,
+                                                                                     traced, monkeypatch):
     source = tmp_path / "sd.ckpt"
     torch.save(sd_file_state(ldm_state(seed=4)), source)
-    no_diffusers = tmp_path / "site" / "diffusers"
-    no_diffusers.mkdir(parents=True)
-    (no_diffusers / "__init__.py").write_text("raise ImportError('diffusers is not importable here')\n")
-    registry = str(Path(sys.executable).with_name("registry"))
-
-    def run(out: str, **env: str) -> subprocess.CompletedProcess:
-        return subprocess.run([registry, "--db", db, "convert", str(source), "--to", "diffusers-unet/tiny", "-o",
-                               str(tmp_path / out)], capture_output=True, text=True, timeout=300,
-                              env={**os.environ, "REGISTRY_CACHE_DIR": str(plan_cache), **env})
-
-    first = run("first.safetensors")
-    assert first.returncode == 0, first.stderr
+    assert convert(db, source, tmp_path / "first.safetensors")["streamed"] is True
     assert len(list((plan_cache / "plans").iterdir())) == 1
-    blocked = {"PYTHONPATH": str(tmp_path / "site")}
-    again = run("again.safetensors", **blocked)
-    assert again.returncode == 0, again.stderr
+    monkeypatch.setitem(sys.modules, "diffusers.loaders.single_file_utils", None)  # importing it now fails
+    assert convert(db, source, tmp_path / "again.safetensors")["streamed"] is True
     assert (tmp_path / "again.safetensors").read_bytes() == (tmp_path / "first.safetensors").read_bytes()
-    control = run("control.safetensors", REGISTRY_PLAN_CACHE="0", **blocked)  # the fake really blocks diffusers
-    assert control.returncode != 0 and not (tmp_path / "control.safetensors").exists()
+    monkeypatch.setenv("REGISTRY_PLAN_CACHE", "0")  # the control: without the cache it needs diffusers
+    result = CliRunner().invoke(main, ["--db", db, "convert", str(source), "--to", "diffusers-unet/tiny",
+                                       "-o", str(tmp_path / "control.safetensors")])
+    assert result.exit_code != 0 and not (tmp_path / "control.safetensors").exists()
 
 
-def test_an_unreadable_cached_plan_is_traced_again(db, tmp_path, plan_cache):
+def test_an_unreadable_cached_plan_is_traced_again(db, tmp_path, plan_cache, traced):
     source = tmp_path / "sd.ckpt"
     torch.save(sd_file_state(ldm_state(seed=5)), source)
     convert(db, source, tmp_path / "one.safetensors")
@@ -230,19 +295,15 @@ def test_an_unreadable_cached_plan_is_traced_again(db, tmp_path, plan_cache):
     assert_same_tensors(tmp_path / "three.safetensors", diffusers_reference(source))
 
 
-def test_a_plan_is_keyed_by_everything_that_decides_it(monkeypatch):
-    from registry.converters import converters
+def test_a_plan_is_keyed_by_everything_that_decides_it(monkeypatch, traced):
     from registry.streaming.plan_cache import plan_key
 
-    [builtin] = [c for c in converters() if c.name == "ldm-unet->diffusers-unet"]
     tensors = {"a.weight": LazyTensor.of("a.weight", (4, 4), "float32", load=bytes)}
-    key = plan_key(builtin, tensors, '{"model_channels":32}')
-    assert key is not None and key == plan_key(builtin, dict(tensors), '{"model_channels":32}')
-    assert key != plan_key(builtin, tensors, '{"model_channels":64}')
-    assert key != plan_key(builtin, {"a.weight": LazyTensor.of("a.weight", (4, 4), "float16", load=bytes)},
+    key = plan_key(traced, tensors, '{"model_channels":32}')
+    assert key is not None and key == plan_key(traced, dict(tensors), '{"model_channels":32}')
+    assert key != plan_key(traced, tensors, '{"model_channels":64}')
+    assert key != plan_key(traced, {"a.weight": LazyTensor.of("a.weight", (4, 4), "float16", load=bytes)},
                            '{"model_channels":32}')
-    from dataclasses import replace
-
-    assert plan_key(replace(builtin, plan_depends_on=()), tensors, "{}") is None  # undeclared: never cached
+    assert plan_key(dataclasses.replace(traced, plan_depends_on=()), tensors, "{}") is None  # undeclared: never cached
     monkeypatch.setenv("REGISTRY_PLAN_CACHE", "0")
-    assert plan_key(builtin, tensors, '{"model_channels":32}') is None
+    assert plan_key(traced, tensors, '{"model_channels":32}') is None

@@ -1,10 +1,11 @@
 """The `ldm-unet` family: CompVis key names, and exact equivalence with diffusers' UNet.
 
 The UNet incident threw away 15k steps because LDM keys did not load into UNet2DConditionModel.
-These tests show the two layouts are one model under two sets of names: diffusers' own converter
-(`convert_ldm_unet_checkpoint`, reached through `diffusers_state_dict`, which only adds the
-`model.diffusion_model.` prefix) maps every LDM tensor onto a diffusers tensor of the same shape,
-and the converted weights give the same outputs.
+These tests show the two layouts are one model under two sets of names: the built-in converter
+(`diffusers_state_dict`, the renaming converter `ldm-unet->diffusers-unet` of `models/ldm_names.py`,
+which `registry convert`, resume and the integrations use) maps every LDM tensor onto a diffusers
+tensor of the same shape, and the converted weights load strictly and give the same outputs.
+`tests/test_ldm_names.py` checks its names against diffusers' own `convert_ldm_unet_checkpoint`.
 """
 
 from __future__ import annotations
