@@ -7,6 +7,8 @@ byte range of a file (copied by the kernel, never through Python memory) or a `l
 - `lazy_tensors(info)`: the tensors of a checkpoint `read_checkpoint` described (torch zip,
   safetensors, and folders of those), without reading their bytes; `NotStreamable` when the
   format needs a real loader (legacy torch files, big-endian files, tensors without storage).
+- `rename_tensors(tensors, rename)`: the same bytes under new names (`--rename`, and renaming
+  converters such as the built-in LDM -> diffusers one: no model code runs, torch is not imported).
 - `trace_conversion(convert, tensors, config)`: which source bytes land at which target name,
   learned by running a state-dict converter once on meta tensors (`NotStreamable` if it computes).
 - `write_safetensors(path, tensors, ...)`: header first, then each tensor's bytes, one fsync,

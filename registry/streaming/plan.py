@@ -1,11 +1,13 @@
 """Which source bytes become which target tensor: learned once from the converter itself.
 
-A state-dict converter (diffusers' `convert_ldm_unet_checkpoint` behind ours) is run on meta
-tensors - one per source entry, no data - and its output is traced back: a target that *is* a
+A state-dict converter written as a plain function (a user plugin's, calling diffusers' functions
+say) is run on meta tensors - one per source entry, no data - and its output is traced back: a target that *is* a
 source tensor is a rename; a contiguous view of one (a 1x1 conv weight reshaped to a linear
 weight, a squeeze, a slice of a fused q/k/v) is a byte range of that source under a new shape.
 Anything else (a cast, arithmetic, a concatenation) is computed, so the conversion is not a
-plan of byte copies and `NotStreamable` sends it down the in-memory path.
+plan of byte copies and `NotStreamable` sends it down the in-memory path. A renaming converter
+(`registry.converters.register_renaming_converter`) needs none of this: `rename_tensors` applies
+its own name mapping.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Traced plans kept on disk: converting another checkpoint of the same layout skips the tracing,
-and with it the converter's imports (diffusers pulls in torch._dynamo: ~2 s of CPU, about a third
-of a whole SD-1.5 convert).
+and with it the converter's imports (a converter calling diffusers pulls in torch._dynamo: ~2 s of
+CPU, about a third of a whole SD-1.5 convert). Renaming converters are never traced, so never cached.
 
 A plan is reused only for exactly what produced it. The key hashes the converter's name, the
 source entries (names, shapes, dtypes), the source config, the code of the package that defines
