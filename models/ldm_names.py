@@ -98,10 +98,10 @@ def diffusers_names(config: LDMUNetConfig) -> Callable[[str], str | None]:
                 return f"{new}.{inner[0]}" if len(inner) == 1 else None
             if kind == TRANSFORMER:
                 return ".".join([new, *inner]) if inner[0] in TRANSFORMER_INNER else None
-            for width in (2, 1):
+            for width in (2, 1):  # a ResBlock's layer, then its `weight` or `bias`
                 layer = RESNET_INNER.get(".".join(inner[:width]))
-                if layer is not None and len(inner) > width:
-                    return ".".join([new, layer, *inner[width:]])
+                if layer is not None and len(inner) == width + 1:
+                    return f"{new}.{layer}.{inner[width]}"
             return None
         return None
 

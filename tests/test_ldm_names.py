@@ -95,6 +95,7 @@ def test_the_builtin_converter_only_renames_with_these_names():
 
 @pytest.mark.parametrize("name", [
     "input_blocks.1.0.in_layers.1.weight",  # a ResBlock layer LDM does not have
+    "input_blocks.1.0.in_layers.0.weight.extra",  # a layer holds weight and bias only
     "input_blocks.2.1.proj_in.weight",  # a transformer at a level without attention (three-res-blocks: level 0)
     "input_blocks.4.0.in_layers.0.weight",  # input_blocks.4 is a Downsample there, not a ResBlock
     "input_blocks.99.0.in_layers.0.weight",  # past the last block
