@@ -160,8 +160,7 @@ def resume(
         if found_plan is None:
             return None
         found, plan = found_plan
-        record = reg.get_variant(plan.variant)  # its family source names a class family's config class
-    built_family = family_of_variant(plan.family, record.family_source if record is not None else None)
+    built_family = family_of_variant(plan)  # its family source names a class family's config class
     config = make_config(built_family, plan.config)
     model = built_family.build(config)
     load_plan(model, plan)

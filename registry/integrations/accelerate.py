@@ -75,7 +75,7 @@ class AccelerateCheckpoints:
         """Match the checkpoint (a folder's newest `checkpoint-N/`, or the one named); None when the
         folder holds none yet. Raises `ResumeRefused` (exit 1) with the diff when no registered
         build loads it, `CheckpointError` (exit 3), `DatabaseError` (exit 4)."""
-        from registry.families import get_family, make_config
+        from registry.families import family_of_variant, make_config
         from registry.latest import latest_checkpoint, open_latest
         from registry.resuming import opened_registry, user_config
         from registry.training.resume import plan_resume
@@ -92,7 +92,7 @@ class AccelerateCheckpoints:
         latest, self.plan = found
         for note in [*skipped, *self.plan.warnings]:
             self.accelerator.print(f"registry: {note}")
-        family = get_family(self.plan.family)
+        family = family_of_variant(self.plan)
         step = self.plan.info.step if self.plan.info.step is not None else (latest.step or 0)
         self.resolved = Resolved(self.plan.variant, self.plan.family,
                                  user_config(family, make_config(family, self.plan.config)), self.plan.config, step,
@@ -148,11 +148,11 @@ class AccelerateCheckpoints:
 
         from registry.convert import matched_converter
         from registry.tensors import load_state_dict
-        from registry.families import build_on_meta, get_family, make_config
+        from registry.families import build_on_meta, family_of_variant, make_config
         from registry.training.carried_state import converted_optimizers
 
         def parameter_names(family_name: str, config: Any) -> list[str]:
-            family = get_family(family_name)
+            family = family_of_variant(family_name)  # loaded by the match that chose the converter
             config = make_config(family, config) if isinstance(config, dict) else config
             return [name for name, _ in build_on_meta(family, config).named_parameters()]
 

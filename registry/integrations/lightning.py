@@ -120,7 +120,7 @@ class RegistryCallback(Callback):
     def apply(self, checkpoint: dict[str, Any]) -> dict[str, Any]:
         """Rebuild the inner model from the checkpoint's config where the module's differs; put the
         converted weights (and carried optimizer state) into `checkpoint` when it was converted."""
-        from registry.families import get_family, make_config
+        from registry.families import family_of_variant, make_config
         from registry.schema import schema_of_module, schema_of_state_dict
 
         plan, module = self.plan, self._module
@@ -131,7 +131,7 @@ class RegistryCallback(Callback):
                              f"{self.prefix!r}", hint="pass RegistryCallback(model_attr=...) naming that attribute")
         wanted = schema_of_state_dict(plan.state_dict).fingerprint
         if schema_of_module(self._inner(module)).fingerprint != wanted:
-            family = get_family(plan.family)
+            family = family_of_variant(plan)
             setattr(module, self.model_attr, family.build(make_config(family, plan.config)))
             module.print(f"registry: {plan.source} was trained as {plan.variant}; rebuilt `{self.model_attr}` "
                          "from its config")

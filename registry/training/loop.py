@@ -88,6 +88,7 @@ class _Start:
     step: int
     run_id: str | None = None
     optimizer: dict[str, Any] | None = None
+    family_source: str | None = None  # so every rank builds a class family with its config class
 
 
 def _plan(reg: Any, spec: TrainSpec, log: Callable[[str], None]) -> ResumePlan | None:
@@ -131,7 +132,7 @@ def _build(family: Any, config: dict[str, Any], seed: int) -> Any:
 
 def _decide(reg: Any, spec: TrainSpec, ranks: RankInfo, log: Callable[[str], None]) -> tuple[_Start, ResumePlan | None, Any]:
     """Rank 0: what to build, its loaded model and optimizer state; the run is recorded here."""
-    from registry.families import get_family
+    from registry.families import family_of_variant
     from registry.schema import schema_of_module
 
     for leftover in remove_interrupted_writes(Path(spec.out_dir)):
@@ -139,11 +140,16 @@ def _decide(reg: Any, spec: TrainSpec, ranks: RankInfo, log: Callable[[str], Non
     plan = _plan(reg, spec, log)
     if plan is None:
         variant, version = _fresh_variant(reg, spec)
-        start = _Start(variant.name, variant.family, variant.config, version.id, version.fingerprint, 0)
+        start = _Start(variant.name, variant.family, variant.config, version.id, version.fingerprint, 0,
+                       family_source=variant.family_source)
     else:
         start = _Start(plan.variant, plan.family, plan.config, plan.schema_version_id, "", plan.step,
-                       optimizer=plan.training.optimizer)
-    family = get_family(start.family)
+                       optimizer=plan.training.optimizer, family_source=plan.family_source)
+    family = family_of_variant(start)
+    if family.make_batch is None or family.compute_loss is None:  # a class family: the user's trainer trains it
+        raise UsageError(f"registry train needs synthetic batches and a loss, and family {family.name} declares "
+                         "neither (make_batch, compute_loss hooks); nothing was trained",
+                         hint="train it with your own trainer: registry.resume(...) and registry.start_run(...)")
     model = _build(family, start.config, spec.seed)
     start.fingerprint = schema_of_module(model).fingerprint
     if plan is None and start.fingerprint != reg.get_schema_version(start.schema_version_id).fingerprint:
@@ -224,7 +230,7 @@ def train(spec: TrainSpec, *, db: str | None = None, log: Callable[[str], None] 
 def _train(spec: TrainSpec, reg: Any, ranks: RankInfo, log: Callable[[str], None], stop: StopRequest) -> TrainResult:
     import torch
 
-    from registry.families import get_family, make_config
+    from registry.families import family_of_variant, make_config
 
     decided = None
     try:
@@ -235,7 +241,7 @@ def _train(spec: TrainSpec, reg: Any, ranks: RankInfo, log: Callable[[str], None
     if start is None:
         raise RegistryError("rank 0 could not resolve the build; see its log")
     plan, model = (decided[1], decided[2]) if decided else (None, None)
-    family = get_family(start.family)
+    family = family_of_variant(start)
     if model is None:
         model = _build(family, start.config, spec.seed)
     result = TrainResult(UP_TO_DATE, start.variant, start.family, start.step, start.step, start.run_id,

@@ -61,6 +61,7 @@ class ResumePlan:
     partial: PartialLoad | None = None
     parent_run_id: str | None = None
     warnings: list[str] = field(default_factory=list)  # e.g. optimizer state that could not be carried
+    family_source: str | None = None  # the variant's recorded source: `family_of_variant(plan)` builds it
 
     @property
     def strict(self) -> bool:
@@ -98,9 +99,9 @@ def _parent_run(reg: Any, info: CheckpointInfo) -> str | None:
 
 def _parameter_names(family_name: str, config: Any) -> list[str]:
     """`model.parameters()` order of a build, by name (built on the meta device)."""
-    from registry.families import build_on_meta, get_family, make_config
+    from registry.families import build_on_meta, family_of_variant, make_config
 
-    family = get_family(family_name)
+    family = family_of_variant(family_name)  # loaded by the match that chose the converter
     if isinstance(config, dict):
         config = make_config(family, config)
     return [name for name, _ in build_on_meta(family, config).named_parameters()]
@@ -214,8 +215,13 @@ def plan_resume(
         source=os.path.abspath(path), info=info, match=match, variant=match.variant, family=match.family,
         config=match.config, schema_version_id=match.schema_version_id, state_dict=state, step=step,
         training=training, conversion=conversion, partial=partial, parent_run_id=_parent_run(reg, info),
-        warnings=warnings,
+        warnings=warnings, family_source=_family_source(reg, match.variant),
     )
+
+
+def _family_source(reg: Any, variant: str | None) -> str | None:
+    record = reg.get_variant(variant) if variant else None
+    return record.family_source if record is not None else None
 
 
 def load_plan(model: Any, plan: ResumePlan) -> None:
