@@ -44,6 +44,20 @@ class RegistryGroup(click.Group):
         return super().parse_args(ctx, hoist_global_options(self, args))
 
     def invoke(self, ctx: click.Context) -> Any:
+        _created_databases("forget")  # several invocations in one process (tests)
+        succeeded = False
+        try:
+            result = self._invoke(ctx)
+            succeeded = True
+            return result
+        except click.exceptions.Exit as exc:
+            succeeded = exc.exit_code == 0
+            raise
+        finally:
+            if not succeeded:  # a failed command leaves no registry database it created behind
+                _created_databases("discard")
+
+    def _invoke(self, ctx: click.Context) -> Any:
         try:
             with interrupts_deferred_during_native_imports():
                 return super().invoke(ctx)
@@ -70,6 +84,14 @@ class RegistryGroup(click.Group):
             click.echo(f"error: unexpected {type(exc).__name__}{': ' + text if text else ''}", err=True)
             click.echo("hint: this is a bug in registry; run again with --debug and report the traceback", err=True)
             ctx.exit(EXIT_INTERNAL)
+
+
+def _created_databases(action: str) -> None:
+    """`forget` (keep) or `discard` the SQLite files this process created and recorded nothing in
+    (`registry.store.engine`; not loaded: no database was touched)."""
+    engine = sys.modules.get("registry.store.engine")
+    if engine is not None:
+        engine.forget_created() if action == "forget" else engine.discard_created()
 
 
 @click.group(cls=RegistryGroup, context_settings={"help_option_names": ["-h", "--help"]})

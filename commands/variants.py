@@ -26,7 +26,7 @@ def variants_list_command(ctx: click.Context, family: str | None, as_json: bool)
     Example:
       registry variants list --family ctvit
     """
-    with open_registry_from(ctx) as reg:
+    with open_registry_from(ctx, create=False) as reg:
         variants = reg.list_variants(family)
     if as_json:
         emit_json([v.as_dict() for v in variants])
@@ -55,7 +55,7 @@ def variants_show_command(ctx: click.Context, name: str, entries: bool, as_json:
     Example:
       registry variants show ctvit/baseline --entries
     """
-    with open_registry_from(ctx) as reg:
+    with open_registry_from(ctx, create=False) as reg:
         variant = reg.require_variant(name)
         versions = reg.schema_versions(name)
         schema = reg.load_schema(versions[-1].id) if entries and versions else None
@@ -135,7 +135,7 @@ def variants_bump_command(ctx: click.Context, name: str, as_json: bool) -> None:
     """
     from registry.store.variants import bump_variant
 
-    with open_registry_from(ctx) as reg:
+    with open_registry_from(ctx, create=False) as reg:
         outcome = bump_variant(reg, name)
     if as_json:
         emit_json(outcome.as_dict())

@@ -159,7 +159,7 @@ def test_a_database_newer_than_the_code_exits_4_with_one_line(sqlite_url):
 def test_an_uncreatable_database_location_exits_4(tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("")
-    result = run("--db", str(blocker / "sub" / "registry.db"), "variants", "list")
+    result = run("--db", str(blocker / "sub" / "registry.db"), "init")  # a command that creates it
     assert result.exit_code == 4
     assert result.stderr.startswith(f"error: cannot create the directory of the registry database {blocker / 'sub' / 'registry.db'}: ")
     assert result.stderr.endswith("hint: pass another location with --db or REGISTRY_DB\n")

@@ -34,27 +34,28 @@ def display_url(url: str) -> str:
     return display(url)
 
 
-def open_registry(url: str | None = None, *, readonly: bool = False, upgrade: bool | None = None) -> "Registry":
+def open_registry(url: str | None = None, *, readonly: bool = False, upgrade: bool | None = None,
+                  create: bool = True) -> "Registry":
     """Open the registry database; returns a `Registry` (a context manager).
 
     `upgrade=None` upgrades an SQLite database on open and refuses a server database that is
     behind; `upgrade=True` upgrades either (what `registry init` does). `readonly=True` never
     writes: no upgrade, no file created, and write methods raise `DatabaseError`.
-    Raises `DatabaseError` (exit 4, with a hint) when the database cannot be opened, is newer
-    than the code, or is behind and may not be upgraded here; `UsageError` for a bad URL.
+    `create=False` refuses a missing SQLite file as `readonly` does (for what only reads or
+    changes existing records) but may still upgrade.
+    Raises `DatabaseError` (exit 4, with a hint) when the database cannot be opened, is missing
+    where it may not be created, is newer than the code, or is behind and may not be upgraded
+    here; `UsageError` for a bad URL.
     """
-    from registry.errors import DatabaseError
-
     from .api import Registry
-    from .engine import backend, create_registry_engine, db_url_source, sqlite_path
-    from .engine import display_url as display
+    from .engine import backend, create_registry_engine, db_url_source, missing_database, sqlite_path
     from .migrate import ensure_current
 
     source = db_url_source(url)
     resolved = resolve_db_url(url)
     path = sqlite_path(resolved)
-    if readonly and path is not None and not path.exists():
-        raise DatabaseError(f"no registry database at {path}", hint=f"create it with: registry init --db {display(resolved)}")
+    if (readonly or not create) and path is not None and not path.exists():
+        raise missing_database(path, resolved, source)
     engine = create_registry_engine(resolved, create_dirs=not readonly)
     allow_upgrade = (backend(resolved) == "sqlite") if upgrade is None else upgrade
     try:
@@ -79,10 +80,13 @@ def downgrade_database(url: str | None = None, revision: str = "-1"):
 
 
 def _migrate(url: str | None, revision: str, *, downgrade: bool):
-    from .engine import create_registry_engine
+    from .engine import create_registry_engine, db_url_source, missing_database, sqlite_path
     from .migrate import run_migration
 
     resolved = resolve_db_url(url)
+    path = sqlite_path(resolved)
+    if downgrade and path is not None and not path.exists():
+        raise missing_database(path, resolved, db_url_source(url))
     engine = create_registry_engine(resolved)
     try:
         return run_migration(engine, resolved, revision, downgrade=downgrade)
@@ -92,11 +96,14 @@ def _migrate(url: str | None, revision: str, *, downgrade: bool):
 
 def database_revision(url: str | None = None) -> str | None:
     """The revision the database is at (None when empty); never writes or upgrades."""
-    from .engine import create_registry_engine
+    from .engine import create_registry_engine, sqlite_path
     from .migrate import current_revision
 
     resolved = resolve_db_url(url)
-    engine = create_registry_engine(resolved)
+    path = sqlite_path(resolved)
+    if path is not None and not path.exists():
+        return None
+    engine = create_registry_engine(resolved, create_dirs=False)
     try:
         return current_revision(engine)
     finally:

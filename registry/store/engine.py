@@ -134,6 +134,13 @@ def resolve_db_url(url: str | None = None) -> str:
     return parsed.render_as_string(hide_password=False)
 
 
+def missing_database(path: Path, resolved: str, source: str) -> DatabaseError:
+    """The `DatabaseError` for an SQLite registry file that does not exist (yet); `source` is
+    `db_url_source`'s answer (the hint repeats `--db` only when the URL came from there)."""
+    init = f"registry init --db {display_url(resolved)}" if source == "--db" else "registry init"
+    return DatabaseError(f"no registry database at {path}", hint=f"create it with: {init}")
+
+
 def display_url(url: str) -> str:
     """The URL with any password replaced by `***` (what `registry info` and errors show)."""
     return make_url(url).render_as_string(hide_password=True)
@@ -163,6 +170,7 @@ def create_registry_engine(url: str, *, create_dirs: bool = True) -> Engine:
     if name == "sqlite":
         path = sqlite_path(parsed)
         if path is not None and create_dirs:
+            folders = [p for p in path.absolute().parents if not p.exists()]
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
@@ -170,6 +178,8 @@ def create_registry_engine(url: str, *, create_dirs: bool = True) -> Engine:
                     f"cannot create the directory of the registry database {path}: {exc.strerror or exc}",
                     hint="pass another location with --db or REGISTRY_DB",
                 ) from None
+            if not path.exists():  # the first connection will create it
+                _created.setdefault(path.absolute(), folders)
         immutable = path is not None and _needs_immutable(path)
         if immutable:
             import sqlite3
@@ -190,6 +200,66 @@ def create_registry_engine(url: str, *, create_dirs: bool = True) -> Engine:
         _install_reconnect(engine)
         return engine
     raise UsageError(f"unsupported database backend {name!r}", hint="use sqlite:///PATH or postgresql://USER@HOST/DB")
+
+
+# SQLite files (and the folders made for them) that did not exist when this process made an
+# engine for them: a command that fails removes them again (`discard_created`).
+_created: dict[Path, list[Path]] = {}
+
+
+def forget_created() -> None:
+    """Keep the SQLite files created so far (a command succeeded): `discard_created` leaves them."""
+    _created.clear()
+
+
+def discard_created() -> list[Path]:
+    """Remove the SQLite files created since `forget_created` that hold nothing (only the schema),
+    with the folders made for them; returns the files removed. Call after every engine on them
+    is disposed.
+
+    A file another process has open, or in which anything was recorded, is kept: the check and
+    the removal happen under SQLite's exclusive lock, after leaving WAL mode, which SQLite
+    allows only when no other connection is open.
+    """
+    removed = []
+    for path, folders in list(_created.items()):
+        if _remove_if_empty(path):
+            removed.append(path)
+            for folder in folders:  # nearest first; stops at one that is not empty
+                try:
+                    folder.rmdir()
+                except OSError:
+                    break
+    _created.clear()
+    return removed
+
+
+def _remove_if_empty(path: Path) -> bool:
+    import sqlite3
+
+    if not path.is_file():
+        return False
+    try:
+        connection = sqlite3.connect(path, timeout=0, isolation_level=None)
+    except sqlite3.Error:
+        return False
+    try:
+        if str(connection.execute("PRAGMA journal_mode = DELETE").fetchone()[0]).lower() != "delete":
+            return False
+        connection.execute("BEGIN EXCLUSIVE")
+        tables = [row[0] for row in connection.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")]
+        for table in tables:
+            if table != "alembic_version" and connection.execute(f'SELECT 1 FROM "{table}" LIMIT 1').fetchone():
+                connection.execute("ROLLBACK")
+                return False
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            Path(f"{path}{suffix}").unlink(missing_ok=True)
+        return True
+    except (sqlite3.Error, OSError):
+        return False
+    finally:
+        connection.close()
 
 
 def _needs_immutable(path: Path) -> bool:
