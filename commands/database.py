@@ -45,7 +45,9 @@ def init_command(ctx: click.Context, as_json: bool) -> None:
     nearest pyproject.toml declares in `[tool.registry.variants]` (idempotent).
 
     A declared variant whose config changed since it was registered is refused (exit 2): a
-    registered variant keeps its config, so give the new config a new name.
+    registered variant keeps its config, so give the new config a new name. In a project that
+    declares variants, those are listed and the built-ins are summed up in one line (`--json`
+    lists all, each with `builtin` true or false).
 
     \b
     Example:
@@ -57,17 +59,25 @@ def init_command(ctx: click.Context, as_json: bool) -> None:
 
     project = load_project()
     with open_registry_from(ctx, upgrade=True) as reg:
-        outcomes = init_builtin_variants(reg)
-        if project is not None and project.variants:
-            outcomes += register_declared_variants(reg, project)
+        builtins = init_builtin_variants(reg)
+        declared = register_declared_variants(reg, project) if project is not None and project.variants else []
         url = reg.url_display
+    outcomes = builtins + declared
     if as_json:
-        emit_json([o.as_dict() for o in outcomes])
+        emit_json([{**o.as_dict(), "builtin": True} for o in builtins] + [{**o.as_dict(), "builtin": False} for o in declared])
         return
     click.echo(f"database {url}")
+    # In a project, its own variants are what the user reads; the built-ins are one line.
+    shown = declared or builtins
     echo_table(["variant", "status", "version", "fingerprint"],
                [[o.variant.name, o.status, o.version.version if o.version else "-",
-                 short_fingerprint(o.version.fingerprint if o.version else None)] for o in outcomes])
+                 short_fingerprint(o.version.fingerprint if o.version else None)] for o in shown])
+    if declared:
+        counts = {}
+        for outcome in builtins:
+            counts[outcome.status] = counts.get(outcome.status, 0) + 1
+        click.echo(f"and {len(builtins)} built-in variants, " + ", ".join(f"{n} {s}" for s, n in counts.items())
+                   + " (`registry variants list` shows them)")
     drifted = [o.variant.name for o in outcomes if o.status == "differs"]
     if drifted:
         click.echo(f"hint: the code no longer builds the registered schema of {', '.join(drifted)}: "
