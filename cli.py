@@ -26,7 +26,7 @@ import click  # noqa: E402
 # Absolute imports: `python cli.py` (the benchmarks' fallback) runs this file as a script.
 from registry.command.commands import audit, database, inference, matching, schemas, training, variants, web
 from registry.command.commands._output import debug_enabled, hoist_global_options, note_global_options
-from registry.errors import RegistryError
+from registry.errors import RegistryError, error_lines
 from registry.interrupts import EXIT_INTERRUPTED, interrupts_deferred_during_native_imports
 
 
@@ -69,11 +69,8 @@ class RegistryGroup(click.Group):
         except RegistryError as exc:
             if debug_enabled():
                 raise
-            click.echo(f"error: {exc.message}", err=True)
-            for line in getattr(exc, "details", None) or []:  # e.g. the diff behind a refused resume
-                click.echo(f"  {line}", err=True)
-            if exc.hint:
-                click.echo(f"hint: {exc.hint}", err=True)
+            for line in error_lines(exc):  # what `registry.errors.report` prints in a user's script
+                click.echo(line, err=True)
             ctx.exit(exc.exit_code)
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
             raise

@@ -6,6 +6,9 @@ Exit codes: 0 success or match; 1 a negative answer (no match, ambiguous, drift)
 
 from __future__ import annotations
 
+import sys
+from typing import TextIO
+
 
 class RegistryError(Exception):
     """Base of every error the registry reports to a user as one line (plus an optional hint)."""
@@ -16,6 +19,29 @@ class RegistryError(Exception):
         super().__init__(message)
         self.message = message
         self.hint = hint
+
+
+def error_lines(exc: RegistryError) -> list[str]:
+    """The lines the `registry` command prints for `exc`: `error: MESSAGE`, each of its `details`
+    (e.g. the diff behind a refused resume) indented, then `hint: HINT` when it has one."""
+    lines = [f"error: {exc.message}"]
+    lines.extend(f"  {line}" for line in getattr(exc, "details", None) or [])
+    if exc.hint:
+        lines.append(f"hint: {exc.hint}")
+    return lines
+
+
+def report(exc: RegistryError, file: TextIO | None = None) -> int:
+    """Print `exc` as the `registry` command does (see `error_lines`) on `file` (default: stderr);
+    returns its exit code, for a script of your own to end with::
+
+        try:
+            main()
+        except RegistryError as exc:
+            sys.exit(report(exc))
+    """
+    print("\n".join(error_lines(exc)), file=file if file is not None else sys.stderr)
+    return exc.exit_code
 
 
 class UsageError(RegistryError):

@@ -22,7 +22,7 @@ import torch
 from accelerate import Accelerator
 
 from registry.catalog import get_builtin_variant
-from registry.errors import RegistryError
+from registry.errors import RegistryError, report
 from registry.families import get_family, make_config
 from registry.integrations.accelerate import AccelerateCheckpoints  # registry
 
@@ -86,6 +86,10 @@ def main() -> int:
         checkpoints.end(status)  # registry
     if args.dump_at_end and accelerator.is_main_process:
         dump_outputs(accelerator.unwrap_model(model), family, config, args.dump_at_end)
+    accelerator.wait_for_everyone()
+    # Destroys the process group: a rank that exits with its gloo group alive can abort
+    # ("terminate called without an active exception") while the other is still shutting down.
+    accelerator.end_training()
     return 0
 
 
@@ -93,9 +97,4 @@ if __name__ == "__main__":
     try:
         sys.exit(main())
     except RegistryError as exc:  # one line and the documented exit code, as the registry command prints
-        print(f"error: {exc.message}", file=sys.stderr)
-        for line in getattr(exc, "details", None) or []:
-            print(f"  {line}", file=sys.stderr)
-        if exc.hint:
-            print(f"hint: {exc.hint}", file=sys.stderr)
-        sys.exit(exc.exit_code)
+        sys.exit(report(exc))

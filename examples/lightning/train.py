@@ -19,7 +19,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from registry.catalog import get_builtin_variant
-from registry.errors import RegistryError
+from registry.errors import RegistryError, report
 from registry.families import get_family, make_config
 from registry.integrations.lightning import RegistryCallback  # registry
 
@@ -81,9 +81,4 @@ if __name__ == "__main__":
     try:
         sys.exit(main())
     except RegistryError as exc:  # one line and the documented exit code, as the registry command prints
-        print(f"error: {exc.message}", file=sys.stderr)
-        for line in getattr(exc, "details", None) or []:
-            print(f"  {line}", file=sys.stderr)
-        if exc.hint:
-            print(f"hint: {exc.hint}", file=sys.stderr)
-        sys.exit(exc.exit_code)
+        sys.exit(report(exc))
