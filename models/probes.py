@@ -40,33 +40,54 @@ def ctvit_probe(model: Any, config: CTViTConfig, generator: Any) -> dict[str, An
     `ids` (return_only_codebook_ids), `recons` (return_recons_only); else the reconstruction.
     Also `pre_quant`, the quantizer's input: tokens, ids and (without a decoder) recons are
     discrete in the encoder's output, so a small change upstream (a LeakyReLU slope 0.1 → 0.11)
-    shows only there.
+    shows only there. `ids` are a `Discrete` output: the model's own ids with their margins under
+    the cosine scores of that pass's quantizer input against the codebook, so the digest can pick
+    an input without near ties (`registry.behaviour_digest`).
     """
     import torch
 
     frames = 2 * config.temporal_patch_size
     video = torch.randn(1, config.channels, frames, config.image_size, config.image_size, generator=generator)
     outputs: dict[str, Any] = {}
+    quantizer_inputs: list[Any] = []
 
-    def keep_first_input(_module: Any, args: tuple) -> None:
+    def keep_input(_module: Any, args: tuple) -> None:
         # returns None: a pre-hook that returns a value replaces the module's input with it
-        outputs.setdefault("pre_quant", args[0].clone())
+        quantizer_inputs.append(args[0].clone())
 
     quantizer = getattr(model, "vq", None)
     hook = None
     if isinstance(quantizer, torch.nn.Module):
-        hook = quantizer.register_forward_pre_hook(keep_first_input)
+        hook = quantizer.register_forward_pre_hook(keep_input)
     try:
         if "return_encoded_tokens" in inspect.signature(model.forward).parameters:
             outputs["tokens"] = model(video, return_encoded_tokens=True)
-            outputs["ids"] = model(video, return_only_codebook_ids=True)
+            seen = len(quantizer_inputs)
+            ids = model(video, return_only_codebook_ids=True)
+            outputs["ids"] = _with_margins(ids, quantizer, quantizer_inputs[seen:])
             outputs["recons"] = model(video, return_recons_only=True)
         else:
             outputs["recons"] = model(video)
     finally:
         if hook is not None:
             hook.remove()
+    if quantizer_inputs:
+        outputs["pre_quant"] = quantizer_inputs[0]
     return outputs
+
+
+def _with_margins(ids: Any, quantizer: Any, inputs: list[Any]) -> Any:
+    """`ids` as a `Discrete` output, scored by cosine against the quantizer's codebook (how CT-CLIP's
+    quantizer chooses); the bare ids when the quantizer or its input is not there to score them."""
+    import torch.nn.functional as F
+
+    from registry.behaviour_digest import Discrete
+
+    codebook = getattr(quantizer, "codebook", None)
+    if codebook is None or len(inputs) != 1 or inputs[0].shape[:-1].numel() != ids.numel():
+        return ids
+    scores = F.normalize(inputs[0].float(), dim=-1) @ F.normalize(codebook.float(), dim=-1).t()
+    return Discrete.chosen(ids, scores)
 
 
 # --- UNets ------------------------------------------------------------------------------------

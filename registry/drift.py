@@ -105,6 +105,7 @@ class DriftReport:
             "behaviour_outputs": [d.to_json() for d in check.comparison.differences] if check.comparison else [],
             "behaviour_probe_config": check.probe_config,
             "behaviour_error": check.error,
+            "behaviour_note": check.note,
         }
 
 
@@ -203,6 +204,9 @@ def behaviour_notes(reports: list[DriftReport]) -> list[str]:
         elif status is BehaviourStatus.PROBE_FAILED:
             notes.append(f"behaviour of {report.variant} not checked: its probe failed when recorded "
                          f"({report.behaviour.error})")
+        elif status is BehaviourStatus.OK and report.behaviour.note:
+            notes.append(f"{report.variant}: {report.behaviour.note}: `registry variants bump {report.variant}` "
+                         "records a digest at an input without near ties")
     for family, count in sorted(no_probe.items()):
         notes.append(f"no behaviour probe for family {family}: its {count} variant{'s are' if count > 1 else ' is'} "
                      "checked for layout only")

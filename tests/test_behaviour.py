@@ -289,7 +289,16 @@ def test_the_ctvit_probe_watches_the_quantizer_input_without_replacing_it():
         offsets = itertools.count()
         assert torch.equal(probed["pre_quant"], encode(model.patch_embed(video)[0]).flatten(1, 3))  # b (t h w) d
         assert torch.equal(probed["tokens"], model(video, return_encoded_tokens=True))
-        assert torch.equal(probed["ids"], model(video, return_only_codebook_ids=True))
+        ids = model(video, return_only_codebook_ids=True)
+        assert torch.equal(probed["ids"].values, ids)
+        # each id's margin, from its own pass's quantizer input (the second pass encodes with offset 1):
+        # its cosine score minus the best other code's, over the rms best score
+        ids_input = (encode(model.patch_embed(video)[0]) + 1).flatten(1, 3)
+        scores = torch.nn.functional.normalize(ids_input, dim=-1) @ torch.nn.functional.normalize(
+            model.vq.codebook, dim=-1).t()
+        top = scores.flatten(0, 1).topk(2).values
+        margins = (top[:, 0] - top[:, 1]) / top[:, 0].square().mean().sqrt()
+        assert torch.allclose(probed["ids"].margins.flatten(), margins.double())
         assert torch.equal(probed["recons"], model(video, return_recons_only=True))
 
 
