@@ -186,7 +186,7 @@ def check_behaviour(family: Any, config: Any, recorded: dict[str, Any] | None) -
     seed = recorded.get("probe", {}).get("seed", PROBE_SEED)
     try:
         target = make_config(family, probed) if probed is not None else config
-        outputs = summarize_outputs(run_probe(family, target, seed))
+        outputs = summarize_outputs(run_probe(family, target, seed), recorded.get("format", 1))
     except Exception as exc:  # noqa: BLE001  (the forward that ran when recorded now raises: drift)
         return BehaviourCheck(BehaviourStatus.DRIFT, probe_config=probed, error=_error_text(exc))
     comparison = compare_digests(recorded, {"outputs": outputs}, TOLERANCE)

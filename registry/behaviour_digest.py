@@ -3,7 +3,8 @@
 Each output tensor is summarised in float64 (not stored): its shape and dtype, then
 - floating point: mean, root mean square, max |x|, `PROJECTIONS` fixed random projections
   <x, r_k>/sqrt(n) (r_k ~ N(0, 1), seeded by k and n) and `SAMPLES` values at evenly spaced
-  positions; every number rounded to `SIGNIFICANT_DIGITS` significant digits;
+  positions (every value of an output with fewer; format 1 took them all at index 0 there);
+  every number rounded to `SIGNIFICANT_DIGITS` significant digits;
 - integer or bool (codebook ids): the values themselves when there are at most `MAX_VALUES`, else
   their SHA-256 and a sample;
 - a `Discrete` output (ids chosen by an argmax or argmin, with each choice's margin over the
@@ -33,7 +34,9 @@ such digests are compared as they always were, except that an id flip at a near 
 run is ignored. `check` notes a format-1 digest whose probe input now shows near ties, since its
 other outputs may move on another CPU; `registry variants bump` then records a format-2 digest
 (at a tie-free seed, which does not match the old digest's probe). A format-1 digest without near
-ties matches its format-2 re-recording, so nothing is re-recorded needlessly.
+ties (and without outputs of fewer than `SAMPLES` values, sampled differently now) matches its
+format-2 re-recording, so nothing is re-recorded needlessly; `check` summarises the current run
+the format-1 way to compare with one.
 
 Why these numbers (measured on this 2-core machine, torch 2.13 CPU; `benchmarks/bench_behaviour.py`
 prints them again):
@@ -154,10 +157,16 @@ def _projections(x: Any) -> list[float]:
     return [_round(v) for v in (directions @ x / math.sqrt(n)).tolist()]
 
 
-def _discrete_summary(output: Discrete) -> dict[str, Any]:
+def _sample_positions(n: int, digest_format: int) -> list[int]:
+    count = min(SAMPLES, n)
+    spread = SAMPLES if digest_format < 2 else count  # format 1 put every sample of a small output at 0
+    return [min(n - 1, (2 * j + 1) * n // (2 * spread)) for j in range(count)]
+
+
+def _discrete_summary(output: Discrete, digest_format: int) -> dict[str, Any]:
     import torch
 
-    summary = _summary(output.values)
+    summary = _summary(output.values, digest_format)
     margins = output.margins.detach().to("cpu", torch.float64).reshape(-1)
     if margins.numel() != output.values.numel():
         raise ValueError(f"a Discrete output has {output.values.numel()} values but {margins.numel()} margins")
@@ -169,17 +178,17 @@ def _discrete_summary(output: Discrete) -> dict[str, Any]:
     return summary
 
 
-def _summary(tensor: Any) -> dict[str, Any]:
+def _summary(tensor: Any, digest_format: int) -> dict[str, Any]:
     import torch
 
     if isinstance(tensor, Discrete):
-        return _discrete_summary(tensor)
+        return _discrete_summary(tensor, digest_format)
     x = tensor.detach().to("cpu").reshape(-1)
     summary: dict[str, Any] = {"shape": list(tensor.shape), "dtype": str(tensor.dtype).removeprefix("torch.")}
     n = x.numel()
     if n == 0:
         return summary
-    positions = [min(n - 1, (2 * j + 1) * n // (2 * SAMPLES)) for j in range(min(SAMPLES, n))]
+    positions = _sample_positions(n, digest_format)
     if not (tensor.is_floating_point() or tensor.is_complex()):
         values = x.to(torch.int64)
         if n <= MAX_VALUES:
@@ -201,12 +210,13 @@ def _summary(tensor: Any) -> dict[str, Any]:
     return summary
 
 
-def summarize_outputs(outputs: Any) -> dict[str, dict[str, Any]]:
+def summarize_outputs(outputs: Any, digest_format: int = DIGEST_FORMAT) -> dict[str, dict[str, Any]]:
     """Output name → its rounded summary (see the module docstring), names sorted (as
-    `flatten_outputs` names them). Raises TypeError for outputs other than tensors and numbers in
-    tuples, lists and mappings."""
+    `flatten_outputs` names them); `digest_format` 1 places samples as format 1 did, to compare with
+    a digest recorded then. Raises TypeError for outputs other than tensors, `Discrete` and numbers
+    in tuples, lists and mappings."""
     flat = flatten_outputs(outputs)
-    return {name: _summary(flat[name]) for name in sorted(flat)}
+    return {name: _summary(flat[name], digest_format) for name in sorted(flat)}
 
 
 # --- comparison (no torch) ----------------------------------------------------------------------

@@ -9,6 +9,7 @@ code 0 and its copy and moves nothing else by more than ~1e-6.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import pytest
@@ -151,3 +152,18 @@ def test_a_format_1_digest_keeps_working_and_says_when_it_wants_re_recording():
     old = format_1_digest(free)
     assert check_behaviour(FAMILY, free, old).note is None
     assert behaviour_digest(FAMILY, free)["probe"]["seed"] == 0 and digests_match(old, behaviour_digest(FAMILY, free))
+
+
+def test_a_small_output_is_sampled_at_every_value_and_format_1_samples_still_compare():
+    logits = torch.tensor([0.5, -1.0, 2.0, 0.25])
+    assert summarize_outputs({"logits": logits})["logits"]["sample"] == [0.5, -1.0, 2.0, 0.25]
+    assert summarize_outputs({"logits": logits}, digest_format=1)["logits"]["sample"] == [0.5] * 4
+    # a format-1 digest of the quantizer's outputs, plus a small one, compared where nothing moved
+    config = QuantizerConfig(dim=8, positions=2)
+    small_probe = dataclasses.replace(FAMILY, probe=lambda model, config, generator: {
+        **probe(model, config, generator), "first": probe(model, config, generator)["encoded"][0, :4]})
+    outputs = run_probe(small_probe, config, 0)
+    old = {"format": 1, "probe": {"seed": 0, "config": None},
+           "outputs": summarize_outputs({**outputs, "ids": outputs["ids"].values}, digest_format=1)}
+    check = check_behaviour(small_probe, config, old)
+    assert check.status is BehaviourStatus.OK and check.max_difference == 0.0
