@@ -21,11 +21,29 @@ def init(ranks: RankInfo) -> None:
 
 
 def shutdown(ranks: RankInfo) -> None:
-    if ranks.distributed:
-        import torch.distributed as dist
+    """Leave the process group; the trainer calls it from a `finally`, so on every way out.
 
-        if dist.is_initialized():
-            dist.destroy_process_group()
+    On a normal way out (completed, pre-empted, nothing to train) every rank first waits at a
+    barrier, so that no rank tears down its gloo connections, or exits, while a peer is still
+    recording or using them: a rank that left alone aborted at exit now and then ("terminate
+    called without an active exception", SIGABRT). With an exception on its way out (seen from
+    the `finally`), the peers may be anywhere, so the group is destroyed at once: waiting for a
+    peer that never comes would hang the job instead of failing it.
+    """
+    if not ranks.distributed:
+        return
+    import sys
+
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        return
+    failing = sys.exc_info()[0] is not None
+    try:
+        if not failing:
+            dist.barrier()
+    finally:
+        dist.destroy_process_group()
 
 
 def broadcast(ranks: RankInfo, value: Any) -> Any:
