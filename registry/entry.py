@@ -2,17 +2,17 @@
 
 Ctrl-C while Python is still importing the command line (click, the command modules: about 50 ms,
 more on a loaded machine) would otherwise print a `KeyboardInterrupt` traceback. So this module
-imports nothing that is not already loaded when Python has started (`os`, `sys`, the built-in
-`signal`) and, as it is imported, makes SIGINT exit at once with one line and exit 130. Once a
-command runs, `cli.py` replaces that with `registry.interrupts`' handling (Ctrl-C mid-command:
-clean up, then exit 130). What runs before this module (the interpreter's own start-up and
+imports nothing that is not already loaded when Python has started (`os`) or built into the
+interpreter (`_signal`) and, as it is imported, makes SIGINT exit at once with one line and exit
+130. Once a command runs, `cli.py` replaces that with `registry.interrupts`' handling (Ctrl-C
+mid-command: clean up, then exit 130). What runs before this module (the interpreter's own start-up and
 `site`, which processes the installed `.pth` files) is out of any package's reach.
 
 Only the program imports this module: importing it elsewhere would replace the SIGINT handler.
 """
 
+import _signal as signal  # the built-in module itself: `signal` would import enum first
 import os
-import signal
 
 # 128 + SIGINT: what a shell reports after Ctrl-C.
 EXIT_INTERRUPTED = 130
