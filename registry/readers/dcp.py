@@ -17,13 +17,12 @@ from __future__ import annotations
 import copy
 import os
 import re
-import stat
 from typing import Any
 
 from .dcp_chunks import MAX_TILING_CELLS, check_tensor, fields_of, kind_of
 from .info import CheckpointInfo
 from .layout import NOT_MODEL
-from .limits import FormatError, LimitError, Limits
+from .limits import FormatError, LimitError, Limits, read_capped
 from .policy import Findings
 from .records import Global, Instance, TensorRecord
 from .torch_pickle import RawCheckpoint
@@ -151,10 +150,51 @@ def metadata_limits(limits: Limits) -> Limits:
 
 
 def parse_metadata(folder: str, *, allow_unsafe: bool, limits: Limits) -> ParsedMetadata:
-    """Read and check `folder/.metadata`; see `ParsedMetadata`. Raises as `read_dcp`."""
+    """Read and check `folder/.metadata`; see `ParsedMetadata`. Raises as `read_dcp`.
+
+    The pickle is interpreted once for the same bytes: a resume reads the folder to match it and
+    again to load it (`registry.sharded_load`), and the second read only compares the bytes.
+    """
     limits = metadata_limits(limits)
     path = os.path.join(folder, METADATA_FILE)
-    data = _read_capped(path, limits.max_pickle_bytes)
+    data = read_capped(path, limits.max_pickle_bytes, METADATA_FILE,
+                       missing=f"{METADATA_FILE} is missing, so it is not a complete DCP checkpoint")
+    if not data:
+        raise FormatError(f"{METADATA_FILE} is empty (an interrupted save?)")
+    checked = _interpreted(data, path, allow_unsafe, limits)
+    parsed = ParsedMetadata()
+    parsed.data = data
+    parsed.version, parsed.warnings = checked.version, list(checked.warnings)
+    parsed.tensors, parsed.objects = checked.tensors, list(checked.objects)
+    _build_tree(parsed, checked.planner_data)
+    _check_shards(parsed, folder, checked.storage_data, limits)
+    parsed.size_bytes += len(data)
+    return parsed
+
+
+class _Interpreted:
+    """What interpreting a `.metadata` pickle gave (the costly part of reading a DCP folder)."""
+
+    def __init__(self, data: bytes, key: tuple):
+        self.data, self.key = data, key
+        self.version: str | None = None
+        self.warnings: list[str] = []
+        self.tensors: dict[str, tuple[str, tuple[int, ...]]] = {}
+        self.objects: list[str] = []
+        self.planner_data: Any = None
+        self.storage_data: Any = None
+
+
+_LAST: list[_Interpreted] = []  # the last `.metadata` interpreted (at most one is kept)
+
+
+def _interpreted(data: bytes, path: str, allow_unsafe: bool, limits: Limits) -> _Interpreted:
+    """`data` run through the restricted interpreter and each tensor's chunks checked; the last
+    result is reused for the same file, bytes and bounds (bytes compared, so a changed file is
+    interpreted again)."""
+    key = (os.path.abspath(path), allow_unsafe, repr(limits))
+    if _LAST and _LAST[0].key == key and _LAST[0].data == data:
+        return _LAST[0]
     findings = Findings()
     machine = DcpUnpickler(data, limits=limits, findings=findings)
     try:
@@ -162,15 +202,14 @@ def parse_metadata(folder: str, *, allow_unsafe: bool, limits: Limits) -> Parsed
     except FormatError:
         _verdict(findings, path, allow_unsafe)
         raise
-    parsed = ParsedMetadata()
-    parsed.data = data
-    parsed.warnings = _verdict(findings, path, allow_unsafe)
+    checked = _Interpreted(data, key)
+    checked.warnings = _verdict(findings, path, allow_unsafe)
     fields = fields_of(root, "Metadata", "the .metadata pickle")
     entries = fields.get("state_dict_metadata")
     if type(entries) is not dict:
         raise FormatError(".metadata has no state_dict_metadata mapping of names to tensors")
     version = fields.get("version")
-    parsed.version = version if type(version) is str else None
+    checked.version = version if type(version) is str else None
     budget = [MAX_TILING_CELLS]
     chunks_seen = 0
     for fqn, entry in entries.items():
@@ -178,7 +217,7 @@ def parse_metadata(folder: str, *, allow_unsafe: bool, limits: Limits) -> Parsed
             raise FormatError(f".metadata names an entry by a {type(fqn).__name__}, not a string")
         kind = entry.cls.name if type(entry) is Instance and entry.cls is not None else None
         if kind == "BytesStorageMetadata":
-            parsed.objects.append(fqn)
+            checked.objects.append(fqn)
             continue
         if kind != "TensorStorageMetadata":
             raise FormatError(f".metadata entry {fqn[:80]!r} is a {kind_of(entry)}, not tensor or bytes storage metadata")
@@ -186,13 +225,12 @@ def parse_metadata(folder: str, *, allow_unsafe: bool, limits: Limits) -> Parsed
         chunks_seen += count
         if chunks_seen > limits.max_tensors:
             raise LimitError(f".metadata lists more than {limits.max_tensors:,} chunks")
-        parsed.tensors[fqn] = (dtype, shape)
-    if len(parsed.tensors) > limits.max_tensors:
+        checked.tensors[fqn] = (dtype, shape)
+    if len(checked.tensors) > limits.max_tensors:
         raise LimitError(f".metadata lists more than {limits.max_tensors:,} tensors")
-    _build_tree(parsed, fields.get("planner_data"))
-    _check_shards(parsed, folder, fields.get("storage_data"), limits)
-    parsed.size_bytes += len(data)
-    return parsed
+    checked.planner_data, checked.storage_data = fields.get("planner_data"), fields.get("storage_data")
+    _LAST[:] = [checked]
+    return checked
 
 
 def _verdict(findings: Findings, path: str, allow_unsafe: bool) -> list[str]:
@@ -205,22 +243,6 @@ def _verdict(findings: Findings, path: str, allow_unsafe: bool) -> list[str]:
     except UnsafeCheckpointError as exc:
         message = exc.message.replace("torch.load(weights_only=False)", "torch.distributed.checkpoint.load")
         raise UnsafeCheckpointError(message, hint=exc.hint) from None
-
-
-def _read_capped(path: str, cap: int) -> bytes:
-    try:
-        info = os.stat(path)
-    except FileNotFoundError:
-        raise FormatError(f"{METADATA_FILE} is missing, so it is not a complete DCP checkpoint") from None
-    if not stat.S_ISREG(info.st_mode):
-        raise FormatError(f"{METADATA_FILE} is not a regular file")
-    if info.st_size > cap:
-        raise LimitError(f"{METADATA_FILE} is {info.st_size:,} bytes, over the {cap:,}-byte limit")
-    with open(path, "rb") as handle:
-        data = handle.read(cap + 1)
-    if not data:
-        raise FormatError(f"{METADATA_FILE} is empty (an interrupted save?)")
-    return data
 
 
 _FSDP_SEGMENTS = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.")

@@ -10,13 +10,12 @@ from __future__ import annotations
 import json
 import os
 import re
-import stat
 from typing import Any
 
 from .checkpoint import build_info, read_file
 from .info import CheckpointInfo
 from .layout import as_mapping, is_state_dict
-from .limits import FormatError, LimitError, Limits
+from .limits import FormatError, LimitError, Limits, read_capped
 from .metadata import plain_copy
 from .records import TensorRecord
 from .torch_pickle import RawCheckpoint
@@ -198,16 +197,7 @@ def _merge(merged: dict[str, TensorRecord], raw: RawCheckpoint, shard: str, weig
 
 
 def _read_json(path: str, cap: int) -> Any:
-    try:
-        info = os.stat(path)
-    except FileNotFoundError:
-        raise FormatError(f"{os.path.basename(path)} is missing") from None
-    if not stat.S_ISREG(info.st_mode):
-        raise FormatError(f"{os.path.basename(path)} is not a regular file")
-    if info.st_size > cap:
-        raise LimitError(f"{os.path.basename(path)} is {info.st_size:,} bytes, over the {cap:,}-byte limit")
-    with open(path, "rb") as handle:
-        data = handle.read(cap + 1)
+    data = read_capped(path, cap, os.path.basename(path))
     try:
         return json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:

@@ -7,6 +7,9 @@ memory. The defaults are far above what real checkpoints need (a 100,000-tensor 
 
 from __future__ import annotations
 
+import os
+import stat
+
 MiB = 1 << 20
 
 
@@ -61,6 +64,25 @@ class LimitError(FormatError):
 
 class NeedMoreData(Exception):
     """Internal: the pickle runs past the bytes read so far (the caller reads more and retries)."""
+
+
+def read_capped(path: str, cap: int, what: str, *, missing: str | None = None) -> bytes:
+    """The bytes of the small file `path` (a folder's JSON, a DCP `.metadata`), read only when it
+    is a regular file of at most `cap` bytes; `what` names it in errors (`config.json`).
+
+    Raises FormatError when it is missing (`missing`, else "WHAT is missing") or not a regular
+    file (a FIFO would block the read), LimitError when it is larger than `cap`.
+    """
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        raise FormatError(missing or f"{what} is missing") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise FormatError(f"{what} is not a regular file")
+    if info.st_size > cap:
+        raise LimitError(f"{what} is {info.st_size:,} bytes, over the {cap:,}-byte limit")
+    with open(path, "rb") as handle:
+        return handle.read(cap + 1)
 
 
 def human_bytes(count: int) -> str:
