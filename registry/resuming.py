@@ -149,22 +149,27 @@ def resume(
 
     if latest_checkpoint(path_or_dir) is None:  # before opening the database: a first run may have none yet
         return None
+
+    def loaded(found: Any) -> tuple[Any, Any, Any, Any, Any]:
+        """The checkpoint read once, into the build it needs: the plan reads only metadata, then the
+        one unpickle of a torch file gives the other entries and the weights (a DCP folder's go
+        straight into the model). Inside `open_latest`, so a newest checkpoint that does not load
+        is skipped."""
+        plan = plan_resume(reg, str(found.path), family=family, variant=variant, allow_partial=allow_partial,
+                           map_location=map_location, load_tensors=False)
+        plan.training  # noqa: B018  (the other entries: the unpickle the weights come from too)
+        built_family = family_of_variant(plan)  # its family source names a class family's config class
+        config = make_config(built_family, plan.config)
+        model = built_family.build(config)
+        load_plan(model, plan)  # and the plan lets go of the tensors: no second copy stays alive
+        return found, plan, built_family, config, model
+
     skipped: list[str] = []
     with opened_registry(db, readonly=True) as reg:
-        found_plan = open_latest(
-            path_or_dir,
-            lambda found: (found, plan_resume(reg, str(found.path), family=family, variant=variant,
-                                              allow_partial=allow_partial, map_location=map_location)),
-            skipped.append,
-        )
-        if found_plan is None:
+        done = open_latest(path_or_dir, loaded, skipped.append)
+        if done is None:
             return None
-        found, plan = found_plan
-    built_family = family_of_variant(plan)  # its family source names a class family's config class
-    config = make_config(built_family, plan.config)
-    model = built_family.build(config)
-    load_plan(model, plan)
-    plan.state_dict = {}  # loaded: do not keep a second copy of the weights alive
+        found, plan, built_family, config, model = done
     import torch
 
     if isinstance(map_location, (str, torch.device)):  # torch.load's dict and function forms place tensors only

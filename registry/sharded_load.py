@@ -103,8 +103,10 @@ class DcpFolder:
         self.tensors = parsed.tensors  # FQN -> (dtype, global shape)
         self.data = parsed.data
 
-    def load(self, names: list[str]) -> dict[str, Any]:
-        """The tensors `names` (schema names), read by torch's DCP loader in this process."""
+    def load(self, names: list[str], into: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The tensors `names` (schema names), read by torch's DCP loader in this process: into the
+        tensors `into` gives by name where its dtype and shape are the checkpoint's (a model's own
+        parameters: nothing is allocated or copied twice), else into new ones."""
         import warnings
 
         import torch
@@ -113,7 +115,10 @@ class DcpFolder:
         state = {}
         for name in names:
             dtype, shape = self.tensors[self.by_name[name]]
-            state[self.by_name[name]] = torch.empty(shape, dtype=getattr(torch, dtype))
+            target = (into or {}).get(name)
+            if target is None or target.dtype != getattr(torch, dtype) or tuple(target.shape) != tuple(shape):
+                target = torch.empty(shape, dtype=getattr(torch, dtype))
+            state[self.by_name[name]] = target
         try:
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=".*torch.distributed is disabled.*")
@@ -124,6 +129,24 @@ class DcpFolder:
             first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
             raise CheckpointError(f"{self.folder}: torch's DCP loader failed ({first})") from None
         return {name: state[self.by_name[name]] for name in names}
+
+
+def load_dcp_into(info: CheckpointInfo, model: Any, prefix: str = "") -> None:
+    """Read the DCP folder's tensors under `prefix` straight into `model`'s own parameters and
+    buffers (one read, no second copy), strictly: every entry of the model's state dict is loaded,
+    and nothing else. Raises `CheckpointError`."""
+    import torch
+
+    source = DcpFolder(os.path.dirname(info.files[0]))
+    targets = {name: tensor for name, tensor in model.state_dict().items() if isinstance(tensor, torch.Tensor)}
+    wanted = sorted(name for name in source.by_name if name.startswith(prefix))
+    if sorted(name[len(prefix):] for name in wanted) != sorted(targets):
+        raise CheckpointError(f"{source.folder}: holds other tensors under {prefix!r} than the model has; "
+                              "did the folder change since it was read?")
+    loaded = source.load(wanted, into={prefix + name: tensor for name, tensor in targets.items()})
+    copies = {name[len(prefix):]: tensor for name, tensor in loaded.items() if tensor is not targets[name[len(prefix):]]}
+    if copies:  # another dtype than the model's: loaded apart, then cast into it (the names were checked above)
+        model.load_state_dict(copies, strict=False)
 
 
 def load_dcp(folder: str) -> dict[str, Any]:

@@ -1,6 +1,7 @@
 """Loading and saving real tensors: only after a match, never to fingerprint (DESIGN §4).
 
-Loading uses `torch.load(weights_only=True)` or safetensors, so no pickle code runs; saving is
+Loading uses `torch.load(weights_only=True)`, safetensors or torch's DCP loader fed with checked
+metadata, so no pickle code runs, and reads each file once (`CheckpointContents`); saving is
 atomic and embeds the registry metadata that matching reads back (evidence step 1).
 """
 
@@ -15,7 +16,8 @@ from typing import Any, Callable, Mapping
 from .atomic import atomic_write
 from .errors import CheckpointError
 from .readers import CheckpointInfo
-from .schema import schema_of_state_dict
+from .schema import Schema, schema_of_state_dict
+from .sharded_load import SHARDED_FORMATS
 
 REGISTRY_KEY = "registry"  # top-level key (torch) or __metadata__ key (safetensors) of our metadata
 
@@ -30,24 +32,111 @@ def _container(obj: Any, container: str | None, path: str) -> Mapping[str, Any]:
     return obj
 
 
+TORCH_FILE_FORMATS = ("torch-zip", "torch-legacy")  # one torch file: weights and other entries in one pickle
+
+
+def _torch_load(file: str, map_location: Any) -> Any:
+    """`torch.load(weights_only=True)`: no code in the file runs; memory-mapped when the file is
+    torch's zip format (the tensors' bytes are read when they are used, not here)."""
+    import zipfile
+
+    import torch
+
+    try:
+        return torch.load(file, map_location=map_location, weights_only=True, mmap=zipfile.is_zipfile(file))
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{file}: torch's weights_only loader refuses an object in this file ({first})") from None
+    except (RuntimeError, OSError, EOFError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{file}: cannot load it with torch.load(weights_only=True) ({first})") from None
+
+
 def _load_file(file: str, container: str | None) -> Mapping[str, Any]:
     if file.endswith(".safetensors"):
         from safetensors.torch import load_file
 
         return load_file(file, device="cpu")
-    import torch
+    return _container(_torch_load(file, "cpu"), container, file)
 
-    try:
-        obj = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError:
-        # mmap needs the zip format; legacy files load without it.
-        obj = torch.load(file, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(
-            f"{file}: torch's weights_only loader refuses an object in this file ({first})",
-        ) from None
-    return _container(obj, container, file)
+
+class CheckpointContents:
+    """The real contents of a checkpoint that `read_checkpoint` described, each read at most once
+    (and only after a match: DESIGN §4).
+
+    A torch file is unpickled once (`payload()`), and that payload serves both the model's tensors
+    and the checkpoint's other entries (optimizer, scheduler, epoch, ...). `load_into(model)` reads
+    the weights straight into the model: a DCP folder through torch's DCP loader into the model's
+    own tensors, other formats from their (memory-mapped) load. `map_location` places the payload.
+    """
+
+    def __init__(self, info: CheckpointInfo, *, map_location: Any = "cpu"):
+        self.info = info
+        self.map_location = map_location
+        self._payload: Any = _UNREAD
+        self._states: dict[str, dict[str, Any]] = {}  # by prefix
+
+    def payload(self) -> Any:
+        """The whole unpickled torch file (a single `torch-zip`/`torch-legacy` file), else None.
+        Raises `CheckpointError` when torch's weights_only loader cannot load it."""
+        if self.info.format not in TORCH_FILE_FORMATS:
+            return None
+        if self._payload is _UNREAD:
+            self._payload = _torch_load(self.info.files[0], self.map_location)
+        return self._payload
+
+    @property
+    def payload_read(self) -> bool:
+        return self._payload is not _UNREAD
+
+    def state_dict(self, prefix: str = "") -> dict[str, Any]:
+        """The model's tensors under `prefix` (stripped), checked against `info.schema`; read once
+        per prefix. Raises `CheckpointError` (loading failed, or the file changed since it was read)."""
+        if prefix not in self._states:
+            self._states[prefix] = self._read(prefix)
+        return self._states[prefix]
+
+    def _read(self, prefix: str) -> dict[str, Any]:
+        info = self.info
+        state: dict[str, Any] = {}
+        if info.format in SHARDED_FORMATS:  # names already as in info.schema
+            from .sharded_load import load_sharded
+
+            state = {name[len(prefix):]: value for name, value in load_sharded(info).items() if name.startswith(prefix)}
+        for file in () if info.format in SHARDED_FORMATS else info.files:
+            payload = self.payload()
+            loaded = _container(payload, info.container, file) if payload is not None else _load_file(file, info.container)
+            for name, value in loaded.items():
+                if info.wrapper and name.startswith(info.wrapper):
+                    name = name[len(info.wrapper):]
+                if hasattr(value, "shape") and name.startswith(prefix):
+                    state[name[len(prefix):]] = value
+        if schema_of_state_dict(state).fingerprint != self.schema(prefix).fingerprint:
+            raise CheckpointError(f"{info.path}: the tensors loaded differ from the schema read before; did the file change?")
+        return state
+
+    def schema(self, prefix: str = "") -> Schema:
+        """The schema of the tensors under `prefix`, as read from the metadata (no tensor is read)."""
+        return self.info.schema.under(prefix) if prefix else self.info.schema
+
+    def load_into(self, model: Any, prefix: str = "") -> None:
+        """Read the tensors under `prefix` into `model`, strictly: the caller has checked that the
+        model's schema is `schema(prefix)`. Raises `CheckpointError`."""
+        if self.info.format == "dcp-folder" and prefix not in self._states:
+            from .sharded_load import load_dcp_into
+
+            load_dcp_into(self.info, model, prefix)
+            return
+        model.load_state_dict(self.state_dict(prefix), strict=True)
+        self._states.pop(prefix, None)  # in the model now: keep no second copy
+
+    def release(self) -> None:
+        """Forget what was read (the payload and every state dict)."""
+        self._payload = _UNREAD
+        self._states.clear()
+
+
+_UNREAD = object()
 
 
 def load_state_dict(info: CheckpointInfo, *, prefix: str = "") -> dict[str, Any]:
@@ -56,21 +145,7 @@ def load_state_dict(info: CheckpointInfo, *, prefix: str = "") -> dict[str, Any]
     Raises `CheckpointError` when loading fails or the tensors no longer match the fingerprint
     read earlier (the file changed in between).
     """
-    state: dict[str, Any] = {}
-    if info.format in ("dcp-folder", "deepspeed-folder"):  # sharded folders: names already as in info.schema
-        from .sharded_load import load_sharded
-
-        state = {name[len(prefix):]: value for name, value in load_sharded(info).items() if name.startswith(prefix)}
-    for file in () if info.format in ("dcp-folder", "deepspeed-folder") else info.files:
-        for name, value in _load_file(file, info.container).items():
-            if info.wrapper and name.startswith(info.wrapper):
-                name = name[len(info.wrapper):]
-            if hasattr(value, "shape") and name.startswith(prefix):
-                state[name[len(prefix):]] = value
-    expected = info.schema.under(prefix) if prefix else info.schema
-    if schema_of_state_dict(state).fingerprint != expected.fingerprint:
-        raise CheckpointError(f"{info.path}: the tensors loaded differ from the schema read before; did the file change?")
-    return state
+    return CheckpointContents(info).state_dict(prefix)
 
 
 def _unshared(state: Mapping[str, Any]) -> dict[str, Any]:

@@ -84,8 +84,9 @@ class AccelerateCheckpoints:
             return None
         skipped: list[str] = []
         with opened_registry(self.db, readonly=True) as reg:
-            found = open_latest(path_or_dir, lambda f: (f, plan_resume(reg, str(f.path), family=self.family)),
-                                skipped.append)
+            found = open_latest(path_or_dir, lambda f: (f, plan_resume(reg, str(f.path), family=self.family,
+                                                                        load_tensors=False)),
+                                skipped.append)  # an exact match's weights are read once, by load_state
             if found is None:
                 return None
             self._needed = reg.load_schema(found[1].schema_version_id)
@@ -125,7 +126,7 @@ class AccelerateCheckpoints:
                           path=self.plan.source, match=self.plan.match, conversion=self.plan.conversion,
                           run_id=self.plan.parent_run_id, plan=self.plan)
         self.run = start_run(unwrapped, resumed=resumed, db=self.db)
-        self.plan.state_dict = {}  # loaded: keep no second copy of the weights
+        self.plan.release()  # loaded: keep no second copy of the weights
         return self.resolved.step
 
     def _check_build(self, model: Any) -> None:
@@ -147,7 +148,6 @@ class AccelerateCheckpoints:
         import torch
 
         from registry.convert import matched_converter
-        from registry.tensors import load_state_dict
         from registry.families import build_on_meta, family_of_variant, make_config
         from registry.training.carried_state import converted_optimizers
 
@@ -165,7 +165,7 @@ class AccelerateCheckpoints:
                   for i, path in files.items() if os.path.exists(path)}
         if states:
             converter, source_config = matched_converter(self.plan.match)
-            source = load_state_dict(self.plan.info, prefix=self.plan.match.prefix)
+            source = self.plan.contents.state_dict(self.plan.match.prefix)  # kept from the conversion: not read again
             carried, notes = converted_optimizers(
                 states, source_names=lambda: parameter_names(converter.source_family, source_config),
                 source_state=source,

@@ -114,14 +114,14 @@ class RegistryCallback(Callback):
         from registry.resuming import opened_registry
         from registry.training.resume import plan_resume
 
-        with opened_registry(self.db, readonly=True) as reg:
-            self.plan = plan_resume(reg, str(path), family=self.family)
+        with opened_registry(self.db, readonly=True) as reg:  # Lightning reads an exact match's file itself, once
+            self.plan = plan_resume(reg, str(path), family=self.family, load_tensors=False)
 
     def apply(self, checkpoint: dict[str, Any]) -> dict[str, Any]:
         """Rebuild the inner model from the checkpoint's config where the module's differs; put the
         converted weights (and carried optimizer state) into `checkpoint` when it was converted."""
         from registry.families import family_of_variant, make_config
-        from registry.schema import schema_of_module, schema_of_state_dict
+        from registry.schema import schema_of_module
 
         plan, module = self.plan, self._module
         if plan.match.prefix not in ("", self.prefix):
@@ -129,7 +129,7 @@ class RegistryCallback(Callback):
 
             raise UsageError(f"{plan.source} holds the {plan.variant} build under {plan.match.prefix!r}, not under "
                              f"{self.prefix!r}", hint="pass RegistryCallback(model_attr=...) naming that attribute")
-        wanted = schema_of_state_dict(plan.state_dict).fingerprint
+        wanted = plan.schema.fingerprint
         if schema_of_module(self._inner(module)).fingerprint != wanted:
             family = family_of_variant(plan)
             setattr(module, self.model_attr, family.build(make_config(family, plan.config)))
@@ -144,7 +144,7 @@ class RegistryCallback(Callback):
                 checkpoint["optimizer_states"] = carried
             for note in plan.warnings:
                 module.print(f"registry: {note}")
-        plan.state_dict = {}
+        plan.release()
         return checkpoint
 
     def _resumed(self, pl_module: Any) -> Any:

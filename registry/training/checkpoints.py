@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 from registry.atomic import temporary_of
-from registry.errors import CheckpointError
 from registry.tensors import save_checkpoint
 
 CHECKPOINT_NAME = re.compile(r"^step-(\d{8,})\.pt$")
@@ -100,26 +99,13 @@ def write_training_checkpoint(
     return save_checkpoint(checkpoint_path(out_dir, step), model_state, metadata, extra)
 
 
-def read_training_state(path: str, container: str | None = None, *, map_location: Any = "cpu") -> TrainingState:
+def training_state_of(payload: Any, container: str | None) -> TrainingState:
     """The optimizer and RNG state of a checkpoint our trainer wrote (None for other files), and
-    every top-level entry besides the model's `container` and the registry record (`extra`).
-
-    Loads with `weights_only=True`, so no code in the file runs. Raises `CheckpointError` when
-    the file cannot be loaded.
-    """
-    if path.endswith(".safetensors"):
-        return TrainingState(None, None, None)
-    import pickle
-    import zipfile
-
-    import torch
-
+    every top-level entry besides the model's `container` and the registry record (`extra`), from
+    the checkpoint's unpickled `payload` (`registry.tensors.CheckpointContents.payload`: the same
+    one load serves the weights)."""
     from registry.tensors import REGISTRY_KEY
 
-    try:  # torch can memory-map only its zip format; the legacy format (torch < 1.6) loads whole
-        payload = torch.load(path, map_location=map_location, weights_only=True, mmap=zipfile.is_zipfile(path))
-    except (RuntimeError, pickle.UnpicklingError, OSError) as exc:
-        raise CheckpointError(f"{path}: cannot load its entries besides the model ({str(exc).splitlines()[0]})") from None
     if not isinstance(payload, dict) or container is None:  # the whole file is the state dict
         return TrainingState(None, None, None)
     model_key = container.split("/")[0]
