@@ -90,6 +90,7 @@ def test_a_dcp_folder_is_interpreted_once_and_read_into_the_model(db, tmp_path, 
         dcp.save({"model": model.state_dict()}, checkpoint_id=str(folder))
     interpreted = counted(monkeypatch, DcpUnpickler, "load")
     unpickled_by_torch = counted(monkeypatch, sharded_load._MetadataOnly, "load")
+    filled = counted(monkeypatch, dcp, "load", lambda state, **kwargs: frozenset(t.data_ptr() for t in state.values()))
 
     resumed = registry.resume(tmp_path / "runs", db=db)
 
@@ -97,6 +98,8 @@ def test_a_dcp_folder_is_interpreted_once_and_read_into_the_model(db, tmp_path, 
     assert all(torch.equal(resumed.model.state_dict()[k], v) for k, v in model.state_dict().items())
     assert interpreted == {"calls": 1}  # matching and loading share one run of our interpreter
     assert unpickled_by_torch == {"calls": 1}  # and torch's loader gets those checked bytes once
+    # one DCP load, straight into the model's own parameters and buffers
+    assert filled == {frozenset(t.data_ptr() for t in resumed.model.state_dict().values()): 1}
 
 
 def test_a_changed_metadata_is_interpreted_again(tmp_path, monkeypatch):
