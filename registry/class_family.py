@@ -77,8 +77,12 @@ def class_family(target: str, *, config_class: str | type | None = None) -> Fami
     one. Raises `FamilyNotLoadedError`/`PluginError` when the class cannot be imported, `UsageError`
     when `target` is no class, or when it was already resolved with another config class.
     """
+    from .plugins import load_plugins
+
     name = normalize_target(target) if ":" not in target else target
     config_name = _target_name(config_class)
+    if name not in _FAMILIES:
+        load_plugins()  # the project may declare this class, with its probe and config_choices
     existing = _FAMILIES.get(name)
     if existing is not None:
         registered = existing.origin.config_class if existing.origin else None

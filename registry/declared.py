@@ -41,21 +41,26 @@ def declared_family(declaration: VariantDeclaration) -> Family:
     return declared_family_and_config(declaration)[0]
 
 
+def _family_keys(declaration: VariantDeclaration) -> tuple[Any, ...]:
+    return declaration.example_inputs, declaration.probe_config, declaration.config_choices
+
+
 def attach_declared_probes(project: ProjectSettings) -> None:
-    """Give each declared variant's family the probe its `example_inputs` describe (and the
-    `probe_config` overrides). Raises `UsageError` when two declarations of one family disagree,
-    or the family already has a probe of its own."""
+    """Give each declared variant's family the probe its `example_inputs` describe, the
+    `probe_config` overrides and the `config_choices` (added to the family's own). Raises
+    `UsageError` when two declarations of one family disagree, the family already has a probe of
+    its own, or a choice names no field of the family's config."""
     chosen: dict[str, VariantDeclaration] = {}
     for declaration in sorted(project.variants.values(), key=lambda d: d.name):
-        if declaration.example_inputs is None and declaration.probe_config is None:
+        if _family_keys(declaration) == (None, None, None):
             continue
         family = declared_family(declaration)
         first = chosen.setdefault(family.name, declaration)
         if first is not declaration:
-            if (first.example_inputs, first.probe_config) != (declaration.example_inputs, declaration.probe_config):
+            if _family_keys(first) != _family_keys(declaration):
                 raise UsageError(f"pyproject.toml: variants {first.name} and {declaration.name} of family "
-                                 f"{family.name} declare different example_inputs/probe_config",
-                                 hint="the probe belongs to the family: declare it once, or the same in both")
+                                 f"{family.name} declare different example_inputs/probe_config/config_choices",
+                                 hint="these belong to the family: declare them once, or the same in both")
             continue
         hooks: dict[str, Any] = {}
         if declaration.example_inputs is not None:
@@ -65,7 +70,30 @@ def attach_declared_probes(project: ProjectSettings) -> None:
             hooks["probe"] = inputs_probe(declaration.example_inputs)
         if declaration.probe_config is not None:
             hooks["probe_config"] = overrides_probe_config(family.name, declaration.probe_config)
+        if declaration.config_choices is not None:
+            hooks["config_choices"] = {**(family.config_choices or {}),
+                                       **_checked_choices(family, declaration.name, declaration.config_choices)}
         extend_family(family.name, **hooks)
+
+
+def _checked_choices(family: Family, variant: str, choices: tuple[tuple[str, tuple[Any, ...]], ...]) -> dict[str, Any]:
+    """`config_choices` whose every path names a (nested) field of the family's config class."""
+    import dataclasses
+    import typing
+
+    for path, _ in choices:
+        config_class: Any = family.config_class
+        for part in path.split("."):
+            fields = {f.name: f for f in dataclasses.fields(config_class)} if dataclasses.is_dataclass(config_class) else {}
+            if part not in fields:
+                raise UsageError(f"pyproject.toml: variant {variant}: config_choices names {path!r}, which is not a "
+                                 f"field of family {family.name}'s config",
+                                 hint=f"fields: {', '.join(f.name for f in dataclasses.fields(family.config_class))}")
+            hints = typing.get_type_hints(config_class)
+            config_class = hints.get(part, fields[part].type)
+            if typing.get_origin(config_class) in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+                config_class = next((a for a in typing.get_args(config_class) if a is not type(None)), None)
+    return dict(choices)
 
 
 def inputs_probe(specs: tuple[InputSpec, ...]):

@@ -16,6 +16,7 @@ has a `[tool.registry]` table. Keys:
     description = "..."
     example_inputs = [{ shape = [1, 3, 32, 32], dtype = "float32" }]   # the probe's inputs
     probe_config = { depth = 1 }           # overrides giving a small config to probe
+    config_choices = { norm = ["layer", "rms"] }   # values `registry infer` may try for free strings
 
 Parsing needs no torch: `registry --help` and `fingerprint` stay fast.
 """
@@ -32,7 +33,7 @@ from .errors import UsageError
 TABLE = "registry"
 _PROJECT_KEYS = {"plugins", "db", "variants"}
 _VARIANT_KEYS = {"family", "class", "config", "config_key", "config_class", "description", "example_inputs",
-                 "probe_config"}
+                 "probe_config", "config_choices"}
 _INPUT_KEYS = {"shape", "dtype", "low", "high"}
 _DTYPES = {"float32", "float16", "bfloat16", "float64", "int64", "int32", "long", "int", "bool"}
 
@@ -64,6 +65,8 @@ class VariantDeclaration:
     description: str = ""
     example_inputs: tuple[InputSpec, ...] | None = None
     probe_config: dict[str, Any] | None = None
+    # the family's `config_choices` (dotted field path → values), as a sorted tuple of pairs
+    config_choices: tuple[tuple[str, tuple[Any, ...]], ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -188,7 +191,21 @@ def _parse_variant(path: Path, name: str, spec: Any) -> VariantDeclaration:
         description=strings.get("description", ""),
         example_inputs=_parse_inputs(where, spec["example_inputs"]) if "example_inputs" in spec else None,
         probe_config=probe_config,
+        config_choices=_parse_choices(where, spec["config_choices"]) if "config_choices" in spec else None,
     )
+
+
+def _parse_choices(where: str, value: Any) -> tuple[tuple[str, tuple[Any, ...]], ...]:
+    """`{ "field.path" = [value, ...] }`: non-empty lists, keyed by dotted field paths."""
+    if not isinstance(value, dict) or not value:
+        raise UsageError(f'{where}: config_choices must be an inline table of field = [values], e.g. '
+                         f'{{ norm = ["layer", "rms"] }}')
+    out = []
+    for path, choices in sorted(value.items()):
+        if not isinstance(choices, list) or not choices:
+            raise UsageError(f"{where}: config_choices.{path} must be a non-empty list of values")
+        out.append((path, tuple(tuple(c) if isinstance(c, list) else c for c in choices)))
+    return tuple(out)
 
 
 def _parse_inputs(where: str, value: Any) -> tuple[InputSpec, ...]:
