@@ -55,12 +55,12 @@ prints them again):
 measured, with room for other CPUs' kernels (float32 reordering noise grows with depth, ~1e-6
 here). Rounding to 6 significant digits costs at most 5e-7 of a number, ≤ ~2e-6 of an output's
 scale (max |x| is at most a few rms here), far under the tolerance, and keeps a digest to ~1 kB
-per output. Codebook ids are discrete: a near-tie flipped by noise would count as drift; none
-occurred in these measurements. Margins of the built-in CTViT probes at seed 0 (cosine scores,
-relative to the rms of the best score, ~0.4): the smallest over 32 ids is 1.5e-3 to 6.5e-3 across
-the 17 variants, so they keep seed 0 and their digests are unchanged by format 2; over seeds 0-3 the
-smallest seen was 3.4e-4. `TIE_TOLERANCE` = 1e-4 (as `TOLERANCE`: ~100x the relative float noise)
-says which choices float noise could flip; `PROBE_MARGIN` = 1e-3 keeps the probe input 10x further.
+per output. Codebook ids are discrete, so noise could flip one only at a near tie: margins of the
+built-in CTViT probes at seed 0 (cosine scores, relative to the rms of the best score, ~0.4): the
+smallest over 32 ids is 1.5e-3 to 6.4e-3 across the 13 CTViT variants, so they keep seed 0 and
+their digests are unchanged by format 2; over seeds 0-3 the smallest seen was 3.5e-4.
+`TIE_TOLERANCE` = 1e-4 (as `TOLERANCE`: ~100x the relative float noise) says which choices noise
+could flip; `PROBE_MARGIN` = 1e-3 keeps the probe input 10x further from any tie.
 
 This module imports torch only inside `summarize_outputs`, so the store can compare digests
 without it.
