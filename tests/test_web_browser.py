@@ -34,8 +34,9 @@ def _require_browser() -> None:
         pytest.skip(message)
 
 
-@pytest.fixture
-def browser(tmp_path):
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    """One headless Chromium for the module's tests (each test loads its own pages)."""
     _require_browser()
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
@@ -44,7 +45,7 @@ def browser(tmp_path):
     options.binary_location = CHROMIUM
     for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage", f"--user-data-dir={tmp_path / 'chromium-profile'}",
+                 "--disable-dev-shm-usage", f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}",
                  "--window-size=1300,1000"):
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
@@ -68,25 +69,28 @@ def filled_sqlite(sqlite_url, tiny_family, tmp_path, monkeypatch):
 
 
 @pytest.fixture
-def served(sqlite_url, filled_sqlite):
+def served(sqlite_url, filled_sqlite, tmp_path):
     """`registry serve` in its own process, as a user starts it."""
     port = _free_port()
-    process = subprocess.Popen([sys.executable, "-m", "registry.command.cli", "--db", sqlite_url, "serve",
-                                "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log = tmp_path / "serve.log"  # a file, not a pipe nobody reads while it serves: a full pipe blocks the server
+    with open(log, "wb") as out:
+        process = subprocess.Popen([sys.executable, "-m", "registry.command.cli", "--db", sqlite_url, "serve",
+                                    "--port", str(port)], stdout=out, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}/"
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 120  # a fresh interpreter's imports take long on a loaded machine
     while True:
         try:
-            urllib.request.urlopen(base + "index.html", timeout=2)
+            urllib.request.urlopen(base + "index.html", timeout=5)
             break
         except OSError:
             if process.poll() is not None or time.monotonic() > deadline:
                 process.kill()
-                raise AssertionError(f"registry serve did not start: {process.communicate()[1]}")
-            time.sleep(0.2)
+                process.wait()
+                raise AssertionError(f"registry serve did not start: {log.read_text(errors='replace')}")
+            time.sleep(0.1)
     yield base
     process.terminate()
-    process.wait(timeout=10)
+    process.wait(timeout=30)
 
 
 def _follow_chain_to_a_checkpoint(browser, start_url, filled, screenshot):
