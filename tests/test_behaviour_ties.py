@@ -167,3 +167,31 @@ def test_a_small_output_is_sampled_at_every_value_and_format_1_samples_still_com
            "outputs": summarize_outputs({**outputs, "ids": outputs["ids"].values}, digest_format=1)}
     check = check_behaviour(small_probe, config, old)
     assert check.status is BehaviourStatus.OK and check.max_difference == 0.0
+
+
+def test_check_notes_a_format_1_digest_at_a_near_tie_until_bump_records_format_2(sqlite_url, monkeypatch):
+    from registry import families
+    from registry.drift import behaviour_notes, check_all
+    from registry.families import build_schema, config_dict
+    from registry.store import open_registry
+    from registry.store.variants import bump_variant
+
+    monkeypatch.setitem(families._FAMILIES, FAMILY.name, FAMILY)
+    tied = QuantizerConfig(dim=6, positions=3)
+    built = build_schema(FAMILY, tied)
+    with open_registry(sqlite_url, upgrade=True) as reg:
+        reg.register_variant("quantizer/tied", FAMILY.name, config_dict(tied))
+        reg.record_schema_version("quantizer/tied", built.schema, built.signature, code_revision=None,
+                                  package_versions={}, behaviour=format_1_digest(tied))
+        [report] = check_all(reg)
+        assert (report.status, report.behaviour.status) == ("ok", BehaviourStatus.OK)
+        assert behaviour_notes([report]) == [
+            "quantizer/tied: its behaviour digest (format 1) was probed at an input where a discrete choice is a "
+            "near tie, which another CPU may break the other way: `registry variants bump quantizer/tied` records "
+            "a digest at an input without near ties"]
+        assert report.to_json()["behaviour_note"].startswith("its behaviour digest (format 1)")
+        bumped = bump_variant(reg, "quantizer/tied")
+        assert (bumped.status, bumped.version.behaviour["format"], bumped.version.behaviour["probe"]["seed"]) == (
+            "recorded", 2, 2)
+        [report] = check_all(reg)
+        assert report.behaviour.status is BehaviourStatus.OK and behaviour_notes([report]) == []
