@@ -253,7 +253,7 @@ def _remove_if_empty(path: Path) -> bool:
             if table != "alembic_version" and connection.execute(f'SELECT 1 FROM "{table}" LIMIT 1').fetchone():
                 connection.execute("ROLLBACK")
                 return False
-        for suffix in ("", "-wal", "-shm", "-journal"):
+        for suffix in ("-wal", "-shm", "-journal", ""):  # the database last: never a -wal without it
             Path(f"{path}{suffix}").unlink(missing_ok=True)
         return True
     except (sqlite3.Error, OSError):
