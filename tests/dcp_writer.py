@@ -10,9 +10,9 @@ identical ranks are the twin's) and writes its state dict to `OUT/<name>.pt`, th
 
 from __future__ import annotations
 
-import os
-import socket
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 MODELS = {"ctvit": "ctvit/tiny", "unet": "ldm-unet/tiny"}
@@ -57,15 +57,16 @@ def step(model) -> object:
     return optimizer
 
 
-def worker(rank: int, out: str, port: int) -> None:
+def worker(rank: int, out: str, store: str) -> None:
     import torch
     import torch.distributed as dist
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict
     from torch.distributed.fsdp import fully_shard
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=2)
+    # The ranks meet through a file, not a port picked beforehand: a port found free by the parent
+    # can be taken by another socket before the children bind it.
+    dist.init_process_group("gloo", init_method=store, rank=rank, world_size=2)
     root = Path(out)
     for name, variant in MODELS.items():
         torch.manual_seed(0)
@@ -92,13 +93,11 @@ def worker(rank: int, out: str, port: int) -> None:
     dist.destroy_process_group()
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 if __name__ == "__main__":
     import torch.multiprocessing as mp
 
-    mp.spawn(worker, args=(sys.argv[1], free_port()), nprocs=2, join=True)
+    rendezvous = Path(tempfile.mkdtemp(prefix="dcp-writer-"))
+    try:
+        mp.spawn(worker, args=(sys.argv[1], (rendezvous / "store").as_uri()), nprocs=2, join=True)
+    finally:
+        shutil.rmtree(rendezvous, ignore_errors=True)
