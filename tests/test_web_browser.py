@@ -71,23 +71,28 @@ def filled_sqlite(sqlite_url, tiny_family, tmp_path, monkeypatch):
 @pytest.fixture
 def served(sqlite_url, filled_sqlite, tmp_path):
     """`registry serve` in its own process, as a user starts it."""
-    port = _free_port()
-    log = tmp_path / "serve.log"  # a file, not a pipe nobody reads while it serves: a full pipe blocks the server
-    with open(log, "wb") as out:
-        process = subprocess.Popen([sys.executable, "-m", "registry.command.cli", "--db", sqlite_url, "serve",
-                                    "--port", str(port)], stdout=out, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}/"
-    deadline = time.monotonic() + 120  # a fresh interpreter's imports take long on a loaded machine
-    while True:
-        try:
-            urllib.request.urlopen(base + "index.html", timeout=5)
+    for attempt in range(3):
+        port = _free_port()
+        log = tmp_path / f"serve-{attempt}.log"  # a file: an unread pipe could fill and block the server
+        with open(log, "wb") as out:
+            process = subprocess.Popen([sys.executable, "-m", "registry.command.cli", "--db", sqlite_url, "serve",
+                                        "--port", str(port)], stdout=out, stderr=subprocess.STDOUT)
+        base = f"http://127.0.0.1:{port}/"
+        deadline = time.monotonic() + 120  # a fresh interpreter's imports take long on a loaded machine
+        while process.poll() is None:
+            try:
+                urllib.request.urlopen(base + "index.html", timeout=5)
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    process.kill()
+                    process.wait()
+                    raise AssertionError(f"registry serve did not answer: {log.read_text(errors='replace')}")
+                time.sleep(0.1)
+        if process.poll() is None:
             break
-        except OSError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                process.kill()
-                process.wait()
-                raise AssertionError(f"registry serve did not start: {log.read_text(errors='replace')}")
-            time.sleep(0.1)
+        # The free port found above was taken before serve bound it (exit 2, one line): another port.
+        assert process.returncode == 2 and attempt < 2, f"registry serve did not start: {log.read_text(errors='replace')}"
     yield base
     process.terminate()
     process.wait(timeout=30)
