@@ -111,6 +111,7 @@ class CheckpointContents:
                     name = name[len(info.wrapper):]
                 if hasattr(value, "shape") and name.startswith(prefix):
                     state[name[len(prefix):]] = value
+        state.update(_restored_empty(info, prefix, state))
         if schema_of_state_dict(state).fingerprint != self.schema(prefix).fingerprint:
             raise CheckpointError(f"{info.path}: the tensors loaded differ from the schema read before; did the file change?")
         return state
@@ -137,6 +138,26 @@ class CheckpointContents:
 
 
 _UNREAD = object()
+
+
+def _restored_empty(info: CheckpointInfo, prefix: str, loaded: Mapping[str, Any]) -> dict[str, Any]:
+    """The empty tensors a folder's registry.json put back into `info.schema` (readers.folders), made
+    here: they carry no data, only a name, a shape and a dtype. Only zero-element entries of the
+    schema that the files lack are made."""
+    from .readers.folders import RESTORED_EMPTY
+
+    names = info.metadata.get(RESTORED_EMPTY)
+    if not names:
+        return {}
+    import torch
+
+    entries = info.schema.by_name
+    made = {}
+    for name in names:
+        entry = entries.get(name) if type(name) is str and name.startswith(prefix) else None
+        if entry is not None and entry.numel == 0 and name[len(prefix):] not in loaded:
+            made[name[len(prefix):]] = torch.empty(entry.shape, dtype=getattr(torch, entry.dtype))
+    return made
 
 
 def load_state_dict(info: CheckpointInfo, *, prefix: str = "") -> dict[str, Any]:

@@ -20,7 +20,9 @@ the incident's `try: load / except: start from scratch` has nothing to catch by 
 
 `save` runs `accelerator.save_state`, writes the registry record beside the weights
 (`registry.json`: variant, config, fingerprint, run, step) and records the checkpoint; only the
-main process writes to the registry.
+main process writes to the registry. accelerate's safetensors save keeps only one of a model's
+empty tensors (CTViT's `null_kv` when num_null_kv=0): the record lists the others
+(`empty_tensors`), so the folder still matches the build and `load` restores it strictly.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from registry.errors import UsageError
+from registry.readers.folders import EMPTY_TENSORS, RESTORED_EMPTY
 
 RECORD_FILE = "registry.json"  # the registry record in a checkpoint folder (read by registry.readers)
 
@@ -118,7 +121,11 @@ class AccelerateCheckpoints:
             return 0
         self._check_build(unwrapped)
         if self.plan.conversion is None:
-            self.accelerator.load_state(self.plan.source)  # accelerate restores everything itself, strictly
+            # accelerate restores everything itself, strictly; only when registry.json restored empty
+            # tensors its file lacks (their names are all safetensors' strict load would miss: the
+            # model matched the restored schema exactly) is it told not to be
+            restored = bool(self.plan.info.metadata.get(RESTORED_EMPTY))
+            self.accelerator.load_state(self.plan.source, **({"strict": False} if restored else {}))
         else:
             self._load_converted(unwrapped)
         resumed = Resumed(variant=self.plan.variant, family=self.plan.family, config=self.resolved.config,
@@ -195,6 +202,11 @@ class AccelerateCheckpoints:
         if self.accelerator.is_main_process:
             model = self.accelerator.unwrap_model(self.accelerator._models[0])
             record = self.run.checkpoint_metadata(model, step=step)
+            dropped = _dropped_empty_tensors(model, output_dir)
+            if dropped:
+                record[EMPTY_TENSORS] = dropped
+                self.accelerator.print(f"registry: accelerate's save left out {len(dropped)} empty tensor(s) it took for "
+                                       f"shared storage; {RECORD_FILE} restores them")
             temporary = os.path.join(output_dir, f".{RECORD_FILE}.tmp")
             with open(temporary, "w", encoding="utf-8") as handle:
                 json.dump(record, handle, sort_keys=True)
@@ -209,3 +221,19 @@ class AccelerateCheckpoints:
         """Record the run's end (completed, failed, preempted or cancelled); main process only."""
         if self.run is not None:
             self.run.end(status)
+
+
+def _dropped_empty_tensors(model: Any, folder: str) -> dict[str, dict[str, Any]]:
+    """The model's zero-element entries that the weights `save_state` wrote lack, as registry.json's
+    `empty_tensors` ({name: {"shape", "dtype"}}). accelerate's safetensors save drops all but one of
+    a model's empty tensors (every one has storage pointer 0 and size 0, so it takes them for shared
+    storage); without them the folder would not match the model's build, nor load strictly."""
+    from registry.readers import read_checkpoint
+    from registry.schema import schema_of_module
+
+    empty = [entry for entry in schema_of_module(model) if entry.numel == 0]
+    if not empty:
+        return {}
+    info = read_checkpoint(folder)  # metadata only; an earlier record's restored names do not count
+    held = set(info.schema.names) - set(info.metadata.get(RESTORED_EMPTY) or ())
+    return {e.name: {"shape": list(e.shape), "dtype": e.dtype} for e in empty if e.name not in held}

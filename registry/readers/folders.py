@@ -26,6 +26,16 @@ _WEIGHTS = re.compile(
     r"(?:\.(?P<v1>[\w-]+))?\.(?P<ext>safetensors|bin)(?P<index>\.index(?:\.(?P<v2>[\w-]+))?\.json)?$"
 )
 _RECORD = "registry.json"
+# registry.json's zero-element entries the weights file lacks: {name: {"shape": [...], "dtype": "float32"}}.
+# accelerate's safetensors save keeps one of a model's empty tensors and drops the rest (they all have
+# storage pointer 0 and size 0, so it takes them for shared storage); registry.integrations.accelerate
+# records the dropped ones here and the reader puts them back into the schema.
+EMPTY_TENSORS = "empty_tensors"
+RESTORED_EMPTY = "restored_empty_tensors"  # info.metadata: the names restored (registry.tensors creates them)
+_MAX_EMPTY = 10_000
+_MAX_NAME = 1_000
+_MAX_DIMS = 16
+_MAX_DIM = 1 << 40
 _ACCELERATE = re.compile(r"^(optimizer(_\d+)?\.(bin|pt)|scheduler(_\d+)?\.(bin|pt)|random_states_\d+\.pkl|scaler\.pt)$")
 
 
@@ -51,9 +61,12 @@ def read_folder(folder: str, *, allow_unsafe: bool, limits: Limits) -> Checkpoin
         plain = plain_copy(config, limits.metadata_nodes * 5, limits.metadata_depth)
         if type(plain) is dict:
             extra["config"] = plain
+    declared_empty = None
     if _RECORD in names:  # the registry record written beside the weights (registry.integrations.accelerate)
-        record = plain_copy(_read_json(os.path.join(folder, _RECORD), min(limits.max_json_bytes, 1 << 20)),
-                            limits.metadata_nodes, limits.metadata_depth)
+        loaded = _read_json(os.path.join(folder, _RECORD), min(limits.max_json_bytes, 1 << 20))
+        if type(loaded) is dict:
+            declared_empty = loaded.pop(EMPTY_TENSORS, None)  # checked on its own below, not copied
+        record = plain_copy(loaded, limits.metadata_nodes, limits.metadata_depth)
         if type(record) is dict:
             extra["registry"] = record
     path = os.path.join(folder, chosen)
@@ -67,6 +80,9 @@ def read_folder(folder: str, *, allow_unsafe: bool, limits: Limits) -> Checkpoin
     elif diffusers:
         info.format = "diffusers-folder"
     info.metadata.update(extra)
+    info.metadata.pop(RESTORED_EMPTY, None)  # only `_restore_empty` sets it, never a file's own metadata
+    if declared_empty is not None:
+        _restore_empty(info, declared_empty)
     if info.step is None:  # accelerate's `checkpoint-00005000/`: the folder name carries the step
         from .dcp import folder_step
 
@@ -75,6 +91,47 @@ def read_folder(folder: str, *, allow_unsafe: bool, limits: Limits) -> Checkpoin
             info.metadata["step"] = step
     info.warnings[:0] = warnings
     return info
+
+
+def _restore_empty(info: CheckpointInfo, declared: Any) -> None:
+    """Add registry.json's declared empty tensors to `info.schema`; a declaration that is malformed,
+    names a tensor with elements or a name the weights already hold is ignored whole, with a warning."""
+    problem = _empty_problem(declared, info.schema.by_name)
+    if problem:
+        info.warnings.append(f"{_RECORD}: ignored its {EMPTY_TENSORS} ({problem}); the schema is the weights' own")
+        return
+    if declared:
+        from registry.schema import Schema, TensorEntry
+
+        restored = [TensorEntry(name, tuple(spec["shape"]), spec["dtype"]) for name, spec in declared.items()]
+        info.schema = Schema([*info.schema, *restored])
+        info.metadata[RESTORED_EMPTY] = sorted(declared)
+
+
+def _empty_problem(declared: Any, present: dict[str, Any]) -> str | None:
+    """Why `declared` is not a bounded, well-formed set of new zero-element entries, or None."""
+    from .dtypes import ELEMENT_BYTES
+
+    if type(declared) is not dict:
+        return "it is not a mapping of tensor names to {shape, dtype}"
+    if len(declared) > _MAX_EMPTY:
+        return f"it declares {len(declared):,} tensors, more than {_MAX_EMPTY:,}"
+    for name, spec in declared.items():
+        if not name or len(name) > _MAX_NAME or not name.isprintable():
+            return f"{name[:80]!r} is not a tensor name"
+        if type(spec) is not dict or set(spec) != {"shape", "dtype"}:
+            return f"{name!r} is not {{\"shape\": [...], \"dtype\": ...}}"
+        shape, dtype = spec["shape"], spec["dtype"]
+        if (type(shape) is not list or len(shape) > _MAX_DIMS
+                or not all(type(d) is int and 0 <= d <= _MAX_DIM for d in shape)):
+            return f"{name!r} has no valid shape"
+        if 0 not in shape:
+            return f"{name!r} has shape {shape}, which holds elements: only empty tensors are restored"
+        if type(dtype) is not str or not ELEMENT_BYTES.get(dtype) or dtype.startswith(("qint", "quint", "bits")):
+            return f"{name!r} has no known dtype"
+        if name in present:
+            return f"the weights already hold {name!r}"
+    return None
 
 
 _FSDP_MODEL = "pytorch_model_fsdp_0"  # accelerate's SHARDED_STATE_DICT model folder (a DCP folder)

@@ -19,8 +19,10 @@ from typing import Any
 from registry.errors import CheckpointError
 from registry.readers import CheckpointInfo, DEFAULT_LIMITS
 from registry.readers.dtypes import ELEMENT_BYTES, SAFETENSORS_DTYPES
+from registry.readers.folders import RESTORED_EMPTY
 from registry.readers.records import TensorRecord
 from registry.schema import Schema, TensorEntry
+from registry.sharded_load import SHARDED_FORMATS
 
 from .lazy import LazyTensor, NotStreamable
 
@@ -29,13 +31,15 @@ def lazy_tensors(info: CheckpointInfo, *, allow_unsafe: bool = False) -> dict[st
     """Every tensor of the checkpoint `info` describes, by name (wrapper stripped), bytes not read.
 
     Raises `NotStreamable` for what only a real loader reads (legacy torch files, big-endian
-    storages, tensors without storage, sub-byte dtypes) and `CheckpointError` when the file no
+    storages, tensors without storage, sub-byte dtypes, empty tensors a folder's registry.json restores) and `CheckpointError` when the file no
     longer holds the schema read before (it changed in between).
     """
-    if info.format in ("dcp-folder", "deepspeed-folder"):  # shards a reader assembles (registry.sharded_load)
+    if info.format in SHARDED_FORMATS:  # shards a reader assembles (registry.sharded_load)
         from registry.sharded_load import sharded_lazy_tensors
 
         return sharded_lazy_tensors(info)
+    if info.metadata.get(RESTORED_EMPTY):  # empty tensors from registry.json: in no file, made in memory
+        raise NotStreamable("it holds empty tensors restored from registry.json")
     tensors: dict[str, LazyTensor] = {}
     for file in info.files:
         found = safetensors_tensors(file) if file.endswith(".safetensors") else torch_zip_tensors(
