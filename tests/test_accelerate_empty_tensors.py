@@ -18,21 +18,19 @@ from pathlib import Path
 
 import pytest
 import torch
+from accelerate import Accelerator
 
 import registry
 from registry.behaviour_digest import Discrete
 from registry.catalog import get_builtin_variant
 from registry.families import get_family, make_config
+from registry.integrations.accelerate import AccelerateCheckpoints
 from registry.readers import read_checkpoint
-from registry.tensors import load_state_dict
+from registry.schema import schema_of_module
 from registry.store import open_registry
-from registry.streaming import NotStreamable, lazy_tensors
 from registry.store.variants import init_builtin_variants
-
-pytest.importorskip("accelerate")
-from accelerate import Accelerator  # noqa: E402
-
-from registry.integrations.accelerate import AccelerateCheckpoints  # noqa: E402
+from registry.streaming import NotStreamable, lazy_tensors
+from registry.tensors import load_state_dict
 
 BIN = Path(sys.executable).parent
 NULL_KV = [f"{side}_{kind}_transformer.layers.0.1.null_kv" for side in ("enc", "dec") for kind in ("spatial", "temporal")]
@@ -215,3 +213,15 @@ def test_a_plain_accelerate_save_says_which_empty_tensors_are_missing(saved, db,
     done = registry_cli(db, "match", str(folder))
     assert done.returncode == 1
     assert "    3 missing: *_transformer.layers.0.1.null_kv (3 entries)" in done.stdout.splitlines()
+
+
+def test_a_plain_accelerate_folder_matches_once_its_empty_tensors_are_declared(saved, tmp_path):
+    """The remedy for folders saved before: a registry.json that declares only the missing empty
+    tensors (what `registry match` lists) makes the folder the model's build again."""
+    folder = tmp_path / "checkpoint-00000001"
+    shutil.copytree(saved[0], folder)
+    declared = json.loads((folder / "registry.json").read_text())["empty_tensors"]
+    (folder / "registry.json").write_text(json.dumps({"empty_tensors": declared}))
+    info = read_checkpoint(folder)
+    assert info.fingerprint == schema_of_module(FAMILY.build(CONFIG)).fingerprint
+    assert "fingerprint" not in info.metadata["registry"] and info.warnings == []
