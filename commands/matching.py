@@ -30,7 +30,7 @@ def _check_scope(reg: Any, family: str | None, variant: str | None) -> None:
         get_family(family)  # a family without registered variants may still infer a config
 
 
-def _render_match(path: str, result: Any) -> None:
+def _render_match(path: str, result: Any, read_warnings: list[str] = ()) -> None:
     from registry.schema import short_form
 
     where = f" under prefix {result.prefix}" if result.prefix else ""
@@ -52,7 +52,7 @@ def _render_match(path: str, result: Any) -> None:
             click.echo(f"  differences from {result.candidates[0].variant}:")
             for line in result.diff.lines():
                 click.echo(f"    {line}")
-    for warning in result.warnings:
+    for warning in [*read_warnings, *result.warnings]:  # what reading the file noticed, then matching
         click.echo(f"warning: {warning}", err=True)
     for suggestion in result.suggestions:
         click.echo(f"try: {suggestion}", err=True)
@@ -79,11 +79,11 @@ def match_command(ctx: click.Context, path: str, family: str | None, variant: st
       registry match ckpt.pt
       registry match sd15.ckpt --family diffusers-unet --json
     """
-    _, result = _match(ctx, path, family, variant, allow_unsafe)
+    info, result = _match(ctx, path, family, variant, allow_unsafe)
     if as_json:
-        emit_json({"path": path, **result.to_json()})
+        emit_json({"path": path, **result.to_json(), "checkpoint_warnings": info.warnings})
     else:
-        _render_match(path, result)
+        _render_match(path, result, info.warnings)
     ctx.exit(result.exit_code)
 
 
@@ -102,12 +102,12 @@ def resolve_command(ctx: click.Context, path: str, family: str | None, variant: 
     """
     from registry.resolution import resolution_document
 
-    _, result = _match(ctx, path, family, variant, allow_unsafe)
+    info, result = _match(ctx, path, family, variant, allow_unsafe)
     if not result.loadable:
         if as_json:
-            emit_json({"path": path, **result.to_json()})
+            emit_json({"path": path, **result.to_json(), "checkpoint_warnings": info.warnings})
         else:
-            _render_match(path, result)
+            _render_match(path, result, info.warnings)
         ctx.exit(result.exit_code)
     text = resolution_document(result, as_json=as_json or bool(output and output.endswith(".json")))
     if output:

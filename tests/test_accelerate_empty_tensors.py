@@ -165,6 +165,11 @@ def test_a_declared_tensor_with_elements_is_ignored_with_a_warning(saved, db, tm
     assert done.stdout.startswith("none: no registered build loads")
     assert "warning: mislabeled file: its embedded registry metadata says ctvit/tiny" in done.stderr
     assert "missing: *_transformer.layers.0.1.null_kv" in done.stdout  # as saved by plain accelerate
+    ignored = (f"registry.json: ignored its empty_tensors ('{name}' has shape [2, 1000000, 8], which "
+               "holds elements: only empty tensors are restored); the schema is the weights' own")
+    assert f"warning: {ignored}" in done.stderr  # match says why, not only that the label is wrong
+    as_json = json.loads(registry_cli(db, "match", str(folder), "--json").stdout)
+    assert as_json["checkpoint_warnings"] == [ignored]
     read = registry_cli(db, "fingerprint", str(folder))
     assert read.returncode == 0, read.stderr
     assert (f"registry.json: ignored its empty_tensors ('{name}' has shape [2, 1000000, 8], which "
