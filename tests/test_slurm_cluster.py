@@ -93,46 +93,66 @@ def test_job_signalled_by_the_test_requeues_and_resumes(cluster, tmp_path):
     assert output.count(" start step=") == 2 and " done step=8 " in output, output
 
 
-@pytest.mark.parametrize("launcher", ["", "torchrun --standalone --nproc_per_node 2 --no-python"],
-                         ids=["one-process", "torchrun"])
-def test_registry_train_is_warned_before_its_time_limit_requeued_and_resumed_in_one_run_chain(cluster, tmp_path,
-                                                                                              launcher):
-    """The real path with the real trainer: examples/slurm/train.sbatch as task 3 of an array,
-    with a 2-minute limit and --signal=B:USR1@70, so Slurm itself warns the job 20-50 s in
-    (slurmctld checks every 30 s and warns once `time left <= 70 + 30 s`): late enough for the
-    trainer to be running, early enough for a short test. The trainer checkpoints and exits 75,
-    the script requeues the job, and the rerun resumes at the saved step (its own warning would
-    come 20 s in at the earliest; it resumes within a few). The job has more steps than it could
-    ever finish; once the rerun has resumed, the test cancels it. About 50 s."""
+LAUNCHERS = {"one-process": "", "torchrun": "torchrun --standalone --nproc_per_node 2 --no-python"}
+
+
+def test_registry_train_is_warned_before_its_time_limit_requeued_and_resumed_in_one_run_chain(cluster, tmp_path):
+    """The real path with the real trainer, alone and under torchrun: examples/slurm/train.sbatch
+    as task 3 of an array, with a 2-minute limit and --signal=B:USR1@70, so Slurm itself warns the
+    job 20-50 s in (slurmctld checks every 30 s and warns once `time left <= 70 + 30 s`): late
+    enough for the trainer to be running, early enough for a short test. The trainer checkpoints
+    and exits 75, the script requeues the job, and the rerun resumes at the saved step. The job
+    has more steps than it could ever finish; once the rerun has resumed, the test cancels it.
+
+    Both jobs run at once (the node has 2 CPUs; each job asks for one), so they share the wait for
+    Slurm's warning. The requeued job's limit is raised to 10 minutes, so that a rerun slow to
+    start on a loaded machine is not warned a second time before it resumes. About 50 s."""
     from registry.catalog import get_builtin_variant
     from registry.store import open_registry
     from registry.store.variants import init_builtin_variants
 
-    db = f"sqlite:///{tmp_path / 'registry.db'}"
-    with open_registry(db, upgrade=True) as reg:
-        init_builtin_variants(reg, [get_builtin_variant("ctvit/tiny"), get_builtin_variant("ctvit/tiny-swiglu")])
-    out, log = tmp_path / "runs", tmp_path / "train.out"
     bin_dir = str(Path(sys.executable).parent)
-    env = {"REGISTRY_DB": db, "TRAIN_VARIANT": "ctvit/tiny", "TRAIN_STEPS": "10000000", "TRAIN_EVERY": "1000",
-           "TRAIN_OUT": str(out), "TRAIN_LAUNCHER": launcher, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
-    array_id = cluster.sbatch(TRAIN, "--array=3", "--time=0:02:00", "--signal=B:USR1@70", "-o", str(log),
-                              env=env, cwd=tmp_path)
-    task = f"{array_id}_3"
-    deadline = time.monotonic() + 240
-    while "resuming ctvit/tiny" not in (log.read_text() if log.exists() else ""):
-        assert time.monotonic() < deadline and cluster.job_state(task) not in FINAL_STATES, cluster.log_tail()
-        time.sleep(1)
-    assert cluster.job_info(task)["Restarts"] == "1"
-    cluster.run("scancel", task)
-    cluster.wait_job(task, timeout=120)
+    jobs = {}
+    for name, launcher in LAUNCHERS.items():
+        work = tmp_path / name
+        work.mkdir()
+        db = f"sqlite:///{work / 'registry.db'}"
+        with open_registry(db, upgrade=True) as reg:
+            init_builtin_variants(reg, [get_builtin_variant("ctvit/tiny"), get_builtin_variant("ctvit/tiny-swiglu")])
+        out, log = work / "runs", work / "train.out"
+        env = {"REGISTRY_DB": db, "TRAIN_VARIANT": "ctvit/tiny", "TRAIN_STEPS": "10000000", "TRAIN_EVERY": "1000",
+               "TRAIN_OUT": str(out), "TRAIN_LAUNCHER": launcher, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+        array_id = cluster.sbatch(TRAIN, "--array=3", "--time=0:02:00", "--signal=B:USR1@70", "-o", str(log),
+                                  env=env, cwd=work)
+        jobs[name] = dict(task=f"{array_id}_3", db=db, out=out, log=log, world_size=2 if launcher else 1,
+                          extended=False, resumed=False)
 
-    with open_registry(db) as reg:
-        first, rerun = reg.list_runs()
-        assert first.status == "preempted" and first.world_size == rerun.world_size == (2 if launcher else 1)
-        assert first.scheduler_job_id == rerun.scheduler_job_id == task  # Slurm's own `job_task` form
-        assert rerun.parent_run_id == first.id  # one chain
-        saved = reg.list_checkpoints(run_id=first.id)[-1]
-        assert rerun.resumed_from_checkpoint_id == saved.id and saved.step > 0
-    output = log.read_text()
-    assert f"pre-empted by SIGTERM at step {saved.step}" in output, output  # the script forwards the warning as TERM
-    assert f"resuming ctvit/tiny from {out / f'step-{saved.step:08d}.pt'} at step {saved.step}" in output, output
+    deadline = time.monotonic() + 240
+    while not all(job["resumed"] for job in jobs.values()):
+        for name, job in jobs.items():
+            if job["resumed"]:
+                continue
+            output = job["log"].read_text() if job["log"].exists() else ""
+            state = cluster.job_state(job["task"])
+            assert time.monotonic() < deadline and state not in FINAL_STATES, f"{name}: {state}\n{output}\n" + cluster.log_tail()
+            if "requeueing job" in output and not job["extended"]:
+                cluster.run("scontrol", "update", f"JobId={job['task']}", "TimeLimit=10:00")
+                job["extended"] = True
+            if "resuming ctvit/tiny" in output:
+                assert cluster.job_info(job["task"])["Restarts"] == "1", name
+                cluster.run("scancel", job["task"])
+                job["resumed"] = True
+        time.sleep(0.5)
+
+    for name, job in jobs.items():
+        cluster.wait_job(job["task"], timeout=120)
+        with open_registry(job["db"]) as reg:
+            first, rerun = reg.list_runs()
+            assert first.status == "preempted" and first.world_size == rerun.world_size == job["world_size"], name
+            assert first.scheduler_job_id == rerun.scheduler_job_id == job["task"]  # Slurm's own `job_task` form
+            assert rerun.parent_run_id == first.id, name  # one chain
+            saved = reg.list_checkpoints(run_id=first.id)[-1]
+            assert rerun.resumed_from_checkpoint_id == saved.id and saved.step > 0, name
+        output = job["log"].read_text()
+        assert f"pre-empted by SIGTERM at step {saved.step}" in output, output  # the script forwards the warning as TERM
+        assert f"resuming ctvit/tiny from {job['out'] / f'step-{saved.step:08d}.pt'} at step {saved.step}" in output, output
