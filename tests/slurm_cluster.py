@@ -138,9 +138,22 @@ class SlurmCluster:
         self.stop()
 
     def start(self) -> SlurmCluster:
-        """Write the configuration, start munged, slurmctld, slurmd; wait for an idle node."""
+        """Write the configuration, start munged, slurmctld, slurmd; wait for an idle node.
+
+        The daemons' ports are found free just before they start; when another socket took one
+        in between (a daemon exits with "Address already in use"), it starts again on new ports,
+        up to three times."""
         for name in BINARIES:
             _which(name)
+        for attempt in range(3):
+            try:
+                return self._start_once()
+            except SlurmError as exc:
+                if "already in use" not in str(exc) or attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _start_once(self) -> SlurmCluster:
         try:
             self._write_files()
             self._start_munged()
