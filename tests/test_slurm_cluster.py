@@ -106,7 +106,7 @@ def test_registry_train_is_warned_before_its_time_limit_requeued_and_resumed_in_
 
     Both jobs run at once (the node has 2 CPUs; each job asks for one), so they share the wait for
     Slurm's warning. The requeued job's limit is raised to 10 minutes, so that a rerun slow to
-    start on a loaded machine is not warned a second time before it resumes. About 50 s."""
+    start on a loaded machine is not warned a second time before it resumes. About 60 s."""
     from registry.catalog import get_builtin_variant
     from registry.store import open_registry
     from registry.store.variants import init_builtin_variants
