@@ -45,18 +45,11 @@ FLAGS = ("use_rms_norm", "use_swiglu", "use_flash_attention", "with_decoder", "u
 COMBINATIONS = [dict(zip(FLAGS, values)) for values in itertools.product((False, True), repeat=len(FLAGS))]
 
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py: tiny models on one thread
+
+
 def combination_id(flags: dict) -> str:
     return "+".join(name.removeprefix("use_") for name, on in flags.items() if on) or "all-off"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a shared 2-core machine spinning
-    OpenMP workers made these tests 5x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
