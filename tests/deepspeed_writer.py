@@ -10,8 +10,9 @@ must reproduce. (A CTViT under ZeRO-3 on CPU takes minutes on two cores; the lay
 from __future__ import annotations
 
 import os
-import socket
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 WIDTH, DEPTH = 5, 2
@@ -24,11 +25,14 @@ def mlp():
     return nn.Sequential(*[layer for _ in range(DEPTH) for layer in (nn.Linear(WIDTH, WIDTH), nn.LayerNorm(WIDTH))])
 
 
-def worker(rank: int, out: str, port: int) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
-                      WORLD_SIZE="2", DS_ACCELERATOR="cpu")
+def worker(rank: int, out: str, store: str) -> None:
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", DS_ACCELERATOR="cpu")
     import deepspeed
     import torch
+
+    # The ranks meet through a file, not a port picked beforehand (another socket could take it
+    # before the children bind it); DeepSpeed uses the group it finds initialised.
+    torch.distributed.init_process_group("gloo", init_method=store, rank=rank, world_size=2)
 
     for stage in (2, 3):
         torch.manual_seed(0)
@@ -49,17 +53,15 @@ def worker(rank: int, out: str, port: int) -> None:
     torch.distributed.destroy_process_group()
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 if __name__ == "__main__":
     import torch.multiprocessing as mp
 
     out = sys.argv[1]
-    mp.spawn(worker, args=(out, free_port()), nprocs=2, join=True)
+    rendezvous = Path(tempfile.mkdtemp(prefix="deepspeed-writer-"))
+    try:
+        mp.spawn(worker, args=(out, (rendezvous / "store").as_uri()), nprocs=2, join=True)
+    finally:
+        shutil.rmtree(rendezvous, ignore_errors=True)
     os.environ["DS_ACCELERATOR"] = "cpu"
     import torch
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
