@@ -41,5 +41,26 @@ def main() -> None:
     """Run the `registry` command line (exits with its exit code)."""
     from registry.command.cli import main as command_line
 
-    command_line(prog_name="registry")
+    try:
+        command_line(prog_name="registry")
+    finally:
+        settled()
+
+
+def settled() -> None:
+    """The command has answered: flush its output, then let a later Ctrl-C end the process the
+    default way (killed by SIGINT; a shell shows 130). Python runs its own handler only between
+    bytecodes, so a SIGINT arriving while the interpreter shuts down (100-200 ms with torch
+    loaded) was otherwise dropped, and the process exited 0 as if never interrupted."""
+    import sys
+
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe: nothing more can reach it
+            pass
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+    except ValueError:  # not the main thread
+        pass
 

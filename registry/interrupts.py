@@ -50,6 +50,8 @@ def _in_pool_cleanup(frame: Any) -> bool:
 # Set by every SIGINT the block below receives: a KeyboardInterrupt that some library caught and
 # dropped (seen: about one Ctrl-C in three during `registry schema`) still ends the command as interrupted.
 _received = False
+# True while `interrupts_deferred_during_native_imports` is active.
+_holding = False
 
 
 def _raise_when_safe(_signum: int, frame: Any) -> None:
@@ -58,9 +60,16 @@ def _raise_when_safe(_signum: int, frame: Any) -> None:
     if not _native_import_running() and not _in_pool_cleanup(frame):
         raise KeyboardInterrupt
     # Ask again shortly with a real SIGINT to the main thread (it also ends a blocking call there).
-    timer = threading.Timer(_RETRY_SECONDS, signal.pthread_kill, (threading.main_thread().ident, signal.SIGINT))
+    timer = threading.Timer(_RETRY_SECONDS, _ask_again, (threading.main_thread().ident,))
     timer.daemon = True
     timer.start()
+
+
+def _ask_again(thread_id: int) -> None:
+    # Only while the block still holds interrupts back: once it has ended (and raised the
+    # interrupt it held), another SIGINT would interrupt the command's clean exit.
+    if _holding:
+        signal.pthread_kill(thread_id, signal.SIGINT)
 
 
 @contextmanager
@@ -72,14 +81,24 @@ def interrupts_deferred_during_native_imports() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
         yield
         return
-    global _received
-    _received = False
+    global _received, _holding
+    _received, _holding = False, True
     previous = signal.signal(signal.SIGINT, _raise_when_safe)
     try:
         yield
+    except KeyboardInterrupt:
+        raise
+    except BaseException:
+        # A command also ends by raising (click's `ctx.exit(code)`); an interrupt held back until
+        # then (torch still importing) must not be lost with it.
+        if _received:
+            raise KeyboardInterrupt from None
+        raise
+    else:
         if _received:  # the interrupt was swallowed on its way out: end as interrupted all the same
             raise KeyboardInterrupt
     finally:
+        _holding = False
         signal.signal(signal.SIGINT, previous)
 
 

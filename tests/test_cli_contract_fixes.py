@@ -166,6 +166,26 @@ def test_interrupt_during_a_torch_import_waits_for_the_import(monkeypatch):
     assert time.monotonic() - finished < 1
 
 
+def test_an_interrupt_held_back_is_not_lost_when_the_command_ends_by_exiting(monkeypatch):
+    """A command ends with click's `ctx.exit(code)`, an exception: a SIGINT held back by a torch
+    import still running at that moment (seen: `registry check` importing torch._dynamo) must end
+    the command as interrupted, not with the command's exit 0."""
+    import types
+
+    import click
+
+    from registry.interrupts import interrupts_deferred_during_native_imports
+
+    half_imported = types.ModuleType("torch._being_imported")
+    half_imported.__spec__ = types.SimpleNamespace(_initializing=True)
+    monkeypatch.setitem(sys.modules, "torch._being_imported", half_imported)
+    with pytest.raises(KeyboardInterrupt):
+        with interrupts_deferred_during_native_imports():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.2)  # the handler ran and held the interrupt back
+            raise click.exceptions.Exit(0)
+
+
 def _plain_folder(root: Path, count: int) -> Path:
     """`count` bare state dicts of unregistered tiny CTViT configs: `scan` infers each one's
     config, which imports torch part-way through the scan."""
@@ -372,13 +392,15 @@ def test_ctrl_c_while_the_program_starts_exits_130_without_a_traceback():
     assert (done.returncode, done.stderr) == (130, "interrupted\n")
 
 
-def test_ctrl_c_inside_sqlalchemys_pool_cleanup_is_held_until_it_returns():
+def test_ctrl_c_inside_sqlalchemys_pool_cleanup_is_held_until_it_returns(monkeypatch):
     """SQLAlchemy catches an exception raised while its pool resets a connection and prints the
     traceback ("Exception during reset or similar"): a Ctrl-C there is asked again a moment later."""
     import os as os_
     import types
 
     from registry import interrupts
+
+    monkeypatch.setattr(interrupts, "_holding", True)  # as inside the command's block
 
     def frame(filename: str) -> types.SimpleNamespace:
         return types.SimpleNamespace(f_code=types.SimpleNamespace(co_filename=filename), f_back=None)
